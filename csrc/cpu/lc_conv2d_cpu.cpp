@@ -1,0 +1,160 @@
+// CPU implementation of tcdcn_ext::lc_conv2d / lc_conv2d_abs_tanh / _lc_conv2d_backward: argument checks,
+// layout, threading (at::parallel_for over output locations or faces); the arithmetic is in cpu/simd/.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu/kernel_table.h"
+#include "lc_conv2d_shape.h"
+
+namespace tcdcn {
+namespace {
+
+using cpu::LcGeom;
+
+// Smallest chunk of work (multiply-adds) worth a thread.
+constexpr int64_t kMinWorkPerTask = 1 << 15;
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinWorkPerTask / std::max<int64_t>(1, work_per_item));
+}
+
+at::Tensor pad_input(const at::Tensor& input, const LcShape& s) {
+  if (s.pH == 0 && s.pW == 0) return input;
+  return at::constant_pad_nd(input, {s.pW, s.pW, s.pH, s.pH}, 0);
+}
+
+// Geometry for the kernels; `off` and `gi_off` own the tap-offset tables that `g` points to.
+LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& off, std::vector<int64_t>& gi_off) {
+  LcGeom g{};
+  g.N = s.N;
+  g.C_in = s.C_in;
+  g.H = x.size(2);
+  g.W = x.size(3);
+  g.C_out = s.C_out;
+  g.H_out = s.H_out;
+  g.W_out = s.W_out;
+  g.kH = s.kH;
+  g.kW = s.kW;
+  g.sH = s.sH;
+  g.sW = s.sW;
+  g.in_sN = x.stride(0);
+  g.in_sC = x.stride(1);
+  g.in_sH = x.stride(2);
+  g.in_sW = x.stride(3);
+  off.resize(s.K());
+  gi_off.resize(s.K());
+  for (int64_t ci = 0, k = 0; ci < s.C_in; ++ci)
+    for (int64_t kh = 0; kh < s.kH; ++kh)
+      for (int64_t kw = 0; kw < s.kW; ++kw, ++k) {
+        off[k] = ci * g.in_sC + kh * g.in_sH + kw * g.in_sW;
+        gi_off[k] = (ci * g.H + kh) * g.W + kw;
+      }
+  g.in_off = off.data();
+  g.gi_off = gi_off.data();
+  return g;
+}
+
+at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        at::IntArrayRef stride, at::IntArrayRef padding, bool act, const char* op) {
+  const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op);
+  TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
+  // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose.
+  at::Tensor out = at::empty({s.N, s.C_out, s.H_out, s.W_out}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const at::Tensor x = pad_input(input, s);
+  const at::Tensor w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  std::vector<int64_t> off, gi_off;
+  const LcGeom g = make_geom(s, x, off, gi_off);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lc_conv2d", [&] {
+    const auto& k = cpu::lc_kernels<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
+      k.forward(g, xp, wp, bp, op_, l0, l1, act);
+    });
+  });
+  return out;
+}
+
+at::Tensor lc_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         at::IntArrayRef stride, at::IntArrayRef padding) {
+  return forward_impl(input, weight, bias, stride, padding, /*act=*/false, "lc_conv2d");
+}
+
+at::Tensor lc_conv2d_abs_tanh_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding) {
+  return forward_impl(input, weight, bias, stride, padding, /*act=*/true, "lc_conv2d_abs_tanh");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::Tensor& grad_output,
+                                                                      const at::Tensor& input,
+                                                                      const at::Tensor& weight, at::IntArrayRef stride,
+                                                                      at::IntArrayRef padding,
+                                                                      std::array<bool, 3> output_mask) {
+  const char* op = "_lc_conv2d_backward";
+  const LcShape s = lc_conv2d_shape(input, weight, std::nullopt, stride, padding, op);
+  TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == s.N && grad_output.size(1) == s.C_out &&
+                  grad_output.size(2) == s.H_out && grad_output.size(3) == s.W_out,
+              op, ": grad_output must be [", s.N, ", ", s.C_out, ", ", s.H_out, ", ", s.W_out, "], got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(), op,
+              ": grad_output must match input's dtype and device, got ", grad_output.scalar_type(), " on ",
+              grad_output.device());
+  const auto opts = input.options();
+  at::Tensor gi = output_mask[0] ? at::zeros(input.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gw = output_mask[1] ? at::empty(weight.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gb = output_mask[2] ? at::empty({s.C_out, s.H_out, s.W_out}, opts) : at::empty({0}, opts);
+  if (s.N == 0 || s.C_out == 0 || s.K() == 0) {
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+    return {gi, gw, gb};
+  }
+  const at::Tensor x = pad_input(input, s);
+  // [N, L, C_out] rows: the layout every kernel reads grad_output in.
+  const at::Tensor go = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  std::vector<int64_t> off, gi_off;
+  const LcGeom g = make_geom(s, x, off, gi_off);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lc_conv2d", [&] {
+    const auto& k = cpu::lc_kernels<scalar_t>();
+    const scalar_t* gop = go.const_data_ptr<scalar_t>();
+    if (output_mask[1] || output_mask[2]) {
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      scalar_t* gwp = output_mask[1] ? gw.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gbp = output_mask[2] ? gb.mutable_data_ptr<scalar_t>() : nullptr;
+      at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
+        k.backward_weight(g, xp, gop, gwp, gbp, l0, l1);
+      });
+    }
+    if (output_mask[0]) {
+      // Weights as [L, C_out, K] so the tap dimension is contiguous for the vector loads.
+      const at::Tensor wt = weight.permute({0, 1, 5, 2, 3, 4}).contiguous();
+      at::Tensor gip = (s.pH || s.pW) ? at::zeros({s.N, s.C_in, g.H, g.W}, opts) : gi;
+      const scalar_t* wtp = wt.const_data_ptr<scalar_t>();
+      scalar_t* gipp = gip.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, s.N, grain_for(s.L() * s.K() * s.C_out), [&](int64_t n0, int64_t n1) {
+        k.backward_input(g, gop, wtp, gipp, n0, n1);
+      });
+      if (s.pH || s.pW) gi.copy_(gip.narrow(2, s.pH, s.H).narrow(3, s.pW, s.W));
+    }
+  });
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tcdcn_ext, CPU, m) {
+  m.impl("lc_conv2d", &lc_conv2d_cpu);
+  m.impl("lc_conv2d_abs_tanh", &lc_conv2d_abs_tanh_cpu);
+  m.impl("_lc_conv2d_backward", &lc_conv2d_backward_cpu);
+}
+
+}  // namespace tcdcn

@@ -1,0 +1,63 @@
+// Torch-free kernel interface shared by the per-ISA translation units (lc_conv2d_{ref,avx2,avx512}.cpp).
+// Everything is raw pointers and element strides so the ISA files need no torch header and can be
+// compiled with their own instruction-set flags.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tcdcn::cpu {
+
+// Geometry of one locally connected convolution (padding already applied by the caller).
+struct LcGeom {
+  int64_t N, C_in, H, W;         // input  [N, C_in, H, W] (any strides, below)
+  int64_t C_out, H_out, W_out;   // output [N, C_out, H_out, W_out]
+  int64_t kH, kW, sH, sW;        // kernel size and stride
+  int64_t in_sN, in_sC, in_sH, in_sW;  // input element strides
+  // in_off[k] for k = (ci * kH + kh) * kW + kw: element offset of that tap from a window's top-left corner.
+  const int64_t* in_off;
+  // gi_off[k]: the same for a contiguous [N, C_in, H, W] grad_input buffer.
+  const int64_t* gi_off;
+  int64_t L() const { return H_out * W_out; }
+  int64_t K() const { return C_in * kH * kW; }
+  // Element offset of output location l's window corner in the input / in a contiguous grad_input.
+  int64_t in_base(int64_t l) const { return (l / W_out) * sH * in_sH + (l % W_out) * sW * in_sW; }
+  int64_t gi_base(int64_t l) const { return (l / W_out) * sH * W + (l % W_out) * sW; }
+};
+
+template <typename T>
+struct LcKernels {
+  // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
+  //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[co, l], optionally |tanh|'d.
+  // w: [L, K, C_out] contiguous; bias: [C_out, L] contiguous or null.
+  void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
+                  bool abs_tanh);
+  // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
+  // gb[co, l] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
+  void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1);
+  // For faces [n0, n1): gi[n, window(l) + gi_off[k]] += sum_co go[n, l, co] * wt[l, co, k] over every l.
+  // wt: [L, C_out, K] contiguous (the "natural" layout); gi: contiguous [N, C_in, H, W], zeroed by the caller.
+  void (*backward_input)(const LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1);
+};
+
+template <typename T>
+struct AbsTanhKernels {
+  // y[i] = |tanh(x[i])| for i < n.
+  void (*forward)(const T* x, T* y, int64_t n);
+  // gi[i] = go[i] * sign(x[i]) * (1 - tanh(x[i])^2), with sign(0) = 0.
+  void (*backward)(const T* go, const T* x, T* gi, int64_t n);
+};
+
+#define TCDCN_DECLARE_ISA(isa)                                                                      \
+  namespace isa {                                                                                   \
+  extern const LcKernels<float> lc_kernels_f32;                                                     \
+  extern const LcKernels<double> lc_kernels_f64;                                                    \
+  extern const AbsTanhKernels<float> abs_tanh_kernels_f32;                                          \
+  extern const AbsTanhKernels<double> abs_tanh_kernels_f64;                                         \
+  }
+TCDCN_DECLARE_ISA(ref)
+TCDCN_DECLARE_ISA(avx2)
+TCDCN_DECLARE_ISA(avx512)
+#undef TCDCN_DECLARE_ISA
+
+}  // namespace tcdcn::cpu

@@ -1,0 +1,255 @@
+// lc_conv2d kernel bodies. Each of lc_conv2d_{ref,avx2,avx512}.cpp (and abs_tanh_*.cpp likewise) defines
+// TCDCN_VEC_BYTES (vector register width in bytes, 0 = scalar) and TCDCN_NUM_VREGS, then includes vec.h, abs_tanh_math.h and this file
+// inside its own namespace, so every instantiation here is compiled with exactly that file's ISA flags.
+//
+// Everything below has internal linkage (anonymous namespace) and calls no std:: template or inline library
+// function: a weak symbol shared between TUs built with different -m flags could let the linker hand an
+// AVX-512 copy to the scalar path (an ODR trap that crashes on older CPUs).
+//
+// Vectors are GCC/Clang vector extensions, so one source serves every width; loads and stores go through
+// __builtin_memcpy (unaligned, no aliasing questions).
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// lc_conv2d forward. For one output location l the weights w[l] are a [K, C_out] matrix shared by every face,
+// so the batch is a small GEMM [N, K] x [K, C_out]: a register tile of R faces x V channel vectors, with the
+// input taps broadcast straight from the (strided) input through the precomputed in_off table (no im2col).
+
+template <typename T, int R, int V>
+inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const T* wl, const T* btile, T* out0,
+                        int64_t out_stride, bool act) {
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out;
+  vec acc[R][V];
+  for (int v = 0; v < V; ++v) {
+    const vec b = vload<T>(btile + v * W);
+    for (int r = 0; r < R; ++r) acc[r][v] = b;
+  }
+  const int64_t* off = g.in_off;
+  for (int64_t k = 0; k < K; ++k) {
+    vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = vload<T>(wl + k * C + v * W);
+    const int64_t o = off[k];
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(rows[r][o]);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * wv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) {
+      vstore<T>(out0 + r * out_stride + v * W, act ? act_vec(acc[r][v]) : acc[r][v]);
+    }
+  }
+}
+
+template <typename T, int V>
+inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* wl, const T* btile,
+                         T* out0, int64_t out_stride, bool act) {
+  constexpr int R = rows_for(V);
+  const int64_t N = g.N;
+  const T* rows[R];
+  int64_t n = 0;
+  for (; n + R <= N; n += R) {
+    for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
+    lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
+  }
+  for (; n < N; ++n) {
+    rows[0] = in + n * g.in_sN + base;
+    lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
+  }
+}
+
+template <typename T>
+void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
+                int64_t l1, bool act) {
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
+  const int64_t c_full = (C / W) * W;
+  const int64_t out_stride = L * C;
+  for (int64_t l = l0; l < l1; ++l) {
+    const T* wl = w + l * K * C;
+    const int64_t base = g.in_base(l);
+    for (int64_t c0 = 0; c0 < c_full;) {
+      const int64_t nv = (c_full - c0) / W;
+      const int V = nv >= 4 ? 4 : int(nv);
+      T btile[4 * W];
+      for (int i = 0; i < V * W; ++i) btile[i] = bias ? bias[(c0 + i) * L + l] : T(0);
+      T* o = out + l * C + c0;
+      switch (V) {
+        case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, btile, o, out_stride, act); break;
+        case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, btile, o, out_stride, act); break;
+        case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, btile, o, out_stride, act); break;
+        default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, btile, o, out_stride, act); break;
+      }
+      c0 += V * W;
+    }
+    for (int64_t co = c_full; co < C; ++co) {  // channels that do not fill a vector
+      for (int64_t n = 0; n < N; ++n) {
+        const T* row = in + n * g.in_sN + base;
+        T acc = bias ? bias[co * L + l] : T(0);
+        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
+        out[n * out_stride + l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// lc_conv2d grad_weight (and grad_bias): per location, gw[l] = P_l^T go_l, a [K, N] x [N, C_out] product.
+// Tile: R taps x V channel vectors, summed over faces. Each location is independent: callers split over l.
+
+template <typename T, int R, int V>
+inline void lc_bw_tile(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const int64_t* off,
+                       const T* go0, int64_t go_stride, T* gw0) {
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  const int64_t C = g.C_out;
+  vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = vec{};
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* row = in + n * g.in_sN + base;
+    const T* gr = go0 + n * go_stride;
+    vec gv[V];
+    for (int v = 0; v < V; ++v) gv[v] = vload<T>(gr + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(row[off[r]]);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * gv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) vstore<T>(gw0 + r * C + v * W, acc[r][v]);
+}
+
+template <typename T, int V>
+inline void lc_bw_taps(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* go0, int64_t go_stride,
+                       T* gwl) {
+  constexpr int R = rows_for(V);
+  const int64_t K = g.K(), C = g.C_out;
+  int64_t k = 0;
+  for (; k + R <= K; k += R) lc_bw_tile<T, R, V>(g, in, base, g.in_off + k, go0, go_stride, gwl + k * C);
+  for (; k < K; ++k) lc_bw_tile<T, 1, V>(g, in, base, g.in_off + k, go0, go_stride, gwl + k * C);
+}
+
+template <typename T>
+void lc_backward_weight(const tcdcn::cpu::LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0,
+                        int64_t l1) {
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
+  const int64_t c_full = (C / W) * W;
+  const int64_t go_stride = L * C;
+  for (int64_t l = l0; l < l1; ++l) {
+    const int64_t base = g.in_base(l);
+    if (gw != nullptr) {
+      T* gwl = gw + l * K * C;
+      for (int64_t c0 = 0; c0 < c_full;) {
+        const int64_t nv = (c_full - c0) / W;
+        const int V = nv >= 4 ? 4 : int(nv);
+        const T* go0 = go + l * C + c0;
+        switch (V) {
+          case 4: lc_bw_taps<T, 4>(g, in, base, go0, go_stride, gwl + c0); break;
+          case 3: lc_bw_taps<T, 3>(g, in, base, go0, go_stride, gwl + c0); break;
+          case 2: lc_bw_taps<T, 2>(g, in, base, go0, go_stride, gwl + c0); break;
+          default: lc_bw_taps<T, 1>(g, in, base, go0, go_stride, gwl + c0); break;
+        }
+        c0 += V * W;
+      }
+      for (int64_t co = c_full; co < C; ++co) {
+        for (int64_t k = 0; k < K; ++k) {
+          T acc = T(0);
+          for (int64_t n = 0; n < N; ++n) acc += in[n * g.in_sN + base + g.in_off[k]] * go[n * go_stride + l * C + co];
+          gwl[k * C + co] = acc;
+        }
+      }
+    }
+    if (gb != nullptr) {
+      for (int64_t co = 0; co < C; ++co) {
+        T acc = T(0);
+        for (int64_t n = 0; n < N; ++n) acc += go[n * go_stride + l * C + co];
+        gb[co * L + l] = acc;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// lc_conv2d grad_input: per location, dP = go_l wt_l ([N, C_out] x [C_out, K]), then dP is scattered back onto
+// the taps' input positions (col2im). Tile: R faces x V tap vectors, summed over channels. Faces are
+// independent, so callers split over n and no two threads touch the same grad_input element.
+
+template <typename T, int R, int V>
+inline void lc_bi_tile(const tcdcn::cpu::LcGeom& g, const T* go0, int64_t go_stride, const T* wtl, int64_t k0,
+                       T* gi0, int64_t gi_stride, int64_t gi_base) {
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  const int64_t C = g.C_out, K = g.K();
+  vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = vec{};
+  for (int64_t co = 0; co < C; ++co) {
+    vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = vload<T>(wtl + co * K + k0 + v * W);
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(go0[r * go_stride + co]);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * wv[v];
+    }
+  }
+  T tmp[V * W];
+  const int64_t* off = g.gi_off + k0;
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < V; ++v) vstore<T>(tmp + v * W, acc[r][v]);
+    T* dst = gi0 + r * gi_stride + gi_base;
+    for (int i = 0; i < V * W; ++i) dst[off[i]] += tmp[i];
+  }
+}
+
+template <typename T, int V>
+inline void lc_bi_faces(const tcdcn::cpu::LcGeom& g, const T* go_l, int64_t go_stride, const T* wtl, int64_t k0,
+                        T* gi, int64_t gi_stride, int64_t gi_base, int64_t n0, int64_t n1) {
+  constexpr int R = rows_for(V);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R)
+    lc_bi_tile<T, R, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi + n * gi_stride, gi_stride, gi_base);
+  for (; n < n1; ++n)
+    lc_bi_tile<T, 1, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi + n * gi_stride, gi_stride, gi_base);
+}
+
+template <typename T>
+void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1) {
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out, L = g.L();
+  const int64_t k_full = (K / W) * W;
+  const int64_t go_stride = L * C;
+  const int64_t gi_stride = g.C_in * g.H * g.W;
+  for (int64_t l = 0; l < L; ++l) {
+    const T* wtl = wt + l * C * K;
+    const T* go_l = go + l * C;
+    const int64_t gb = g.gi_base(l);
+    for (int64_t k0 = 0; k0 < k_full;) {
+      const int64_t nv = (k_full - k0) / W;
+      const int V = nv >= 4 ? 4 : int(nv);
+      switch (V) {
+        case 4: lc_bi_faces<T, 4>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
+        case 3: lc_bi_faces<T, 3>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
+        case 2: lc_bi_faces<T, 2>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
+        default: lc_bi_faces<T, 1>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
+      }
+      k0 += V * W;
+    }
+    for (int64_t k = k_full; k < K; ++k) {  // taps that do not fill a vector
+      for (int64_t n = n0; n < n1; ++n) {
+        T acc = T(0);
+        for (int64_t co = 0; co < C; ++co) acc += go_l[n * go_stride + co] * wtl[co * K + k];
+        gi[n * gi_stride + gb + g.gi_off[k]] += acc;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const LcKernels<float> lc_kernels_f32 = {&lc_forward<float>, &lc_backward_weight<float>, &lc_backward_input<float>};
+const LcKernels<double> lc_kernels_f64 = {&lc_forward<double>, &lc_backward_weight<double>,
+                                          &lc_backward_input<double>};

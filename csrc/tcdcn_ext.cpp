@@ -1,0 +1,48 @@
+// The one place that declares every tcdcn_ext operator schema, plus the small pybind11 module `_C`.
+// This is the only translation unit that includes <torch/extension.h> (it costs ~35 s to compile);
+// kernels register their implementations from their own files with TORCH_LIBRARY_IMPL.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(tcdcn_ext, m) {
+  // Locally connected (unshared-weight) 2-D convolution. weight: [H_out, W_out, C_in, kH, kW, C_out]
+  // (output-location-major, C_out innermost); bias: [C_out, H_out, W_out]. Output is NCHW-shaped with
+  // channels-last strides (C_out innermost), which is what the kernels write without a transpose.
+  m.def("lc_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], int[2] padding=[0, 0]) -> Tensor");
+  // Inference-only fused lc_conv2d + bias + |tanh|.
+  m.def("lc_conv2d_abs_tanh(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], int[2] padding=[0, 0]) -> Tensor");
+  // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
+  m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // |tanh(x)| and its gradient sign(x) * (1 - tanh(x)^2), taken as 0 at x == 0.
+  m.def("abs_tanh(Tensor x) -> Tensor");
+  m.def("_abs_tanh_backward(Tensor grad_output, Tensor x) -> Tensor");
+}
+
+namespace {
+
+std::string cpu_isa_name() { return tcdcn::cpu::isa_name(tcdcn::cpu::active_isa()); }
+
+std::vector<std::string> cpu_isas_supported() {
+  std::vector<std::string> out;
+  for (auto isa : tcdcn::cpu::supported_isas()) out.push_back(tcdcn::cpu::isa_name(isa));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "tcdcn_ext native helpers; the operators live in torch.ops.tcdcn_ext";
+  m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2' or 'avx512'.");
+  m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
+  m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
+        "Force a CPU kernel path (for tests); raises if the host cannot run it.");
+  m.attr("torch_version") = TORCH_VERSION;
+#ifdef TCDCN_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

@@ -1,0 +1,274 @@
+"""Typed wrappers, fake (meta) kernels and autograd for the ``torch.ops.tcdcn_ext`` operators.
+
+Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA kernels in ``csrc/cuda``):
+
+``lc_conv2d(input, weight, bias=None, stride=1, padding=0)``
+    Locally connected ("unshared") 2-D convolution: every output location has its own filter bank::
+
+        out[n, co, i, j] = bias[co, i, j] + sum_{ci, a, b} input_p[n, ci, i*sH + a, j*sW + b] * weight[i, j, ci, a, b, co]
+
+    with ``input_p`` the zero-padded input. Shapes: ``input`` Tensor[N, C_in, H, W], ``weight``
+    Tensor[H_out, W_out, C_in, kH, kW, C_out], ``bias`` Tensor[C_out, H_out, W_out] or None, output
+    Tensor[N, C_out, H_out, W_out] with ``H_out = (H + 2 pH - kH) // sH + 1``.
+
+    Weight layout: output-location-major with ``C_out`` innermost, so that for one location the weights are a
+    ``[K, C_out]`` matrix (``K = C_in*kH*kW``) shared by every face of the batch and the kernels' inner loop runs
+    over contiguous output channels. :func:`lc_weight_from_natural` / :func:`lc_weight_to_natural` convert from /
+    to the natural ``[H_out, W_out, C_out, C_in, kH, kW]`` layout. The output has channels-last strides (the
+    kernels write ``C_out`` rows without a transpose); it is an ordinary NCHW-shaped tensor otherwise.
+
+``abs_tanh(x)``
+    ``|tanh(x)|`` elementwise, the paper's activation. Its derivative ``sign(x) (1 - tanh(x)^2)`` is taken as 0 at
+    ``x == 0`` (the mean of the one-sided derivatives -1 and +1, and what autograd gives for ``tanh(x).abs()``).
+    float32 uses a vectorised exp-based formula (max abs error ~1e-7 vs libm); float64 uses libm.
+
+``lc_conv2d_abs_tanh(...)``
+    ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
+
+All ops take float32 (fast path) or float64 (exact path for gradcheck), on CPU or CUDA (when built with CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+__all__ = [
+    "abs_tanh",
+    "cpu_isa",
+    "cpu_isas_supported",
+    "lc_conv2d",
+    "lc_conv2d_abs_tanh",
+    "lc_output_size",
+    "lc_weight_from_natural",
+    "lc_weight_to_natural",
+    "set_cpu_isa",
+    "use_cpu_isa",
+]
+
+_ops = torch.ops.tcdcn_ext
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CPU ISA selection
+
+
+def cpu_isa() -> str:
+    """The CPU kernel path in use: ``"ref"`` (portable scalar), ``"avx2"`` (AVX2+FMA) or ``"avx512"``.
+
+    Chosen once at import from cpuid/xgetbv; ``TCDCN_CPU_ISA=ref|avx2|avx512`` overrides it.
+    """
+    return _C.cpu_isa()
+
+
+def cpu_isas_supported() -> list[str]:
+    """Every CPU kernel path this host can run, ascending."""
+    return list(_C.cpu_isas_supported())
+
+
+def set_cpu_isa(name: str) -> None:
+    """Force a CPU kernel path for the whole process (raises ``ValueError`` if the host cannot run it)."""
+    _C.set_cpu_isa(name)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name: str) -> Iterator[None]:
+    """Context manager that runs its body on the given CPU kernel path, then restores the previous one."""
+    previous = cpu_isa()
+    set_cpu_isa(name)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layout helpers
+
+
+def _pair(v: int | Sequence[int], name: str) -> list[int]:
+    if isinstance(v, int):
+        return [v, v]
+    v = [int(x) for x in v]
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v
+
+
+def lc_output_size(
+    input_size: Sequence[int], kernel_size: int | Sequence[int], stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+) -> tuple[int, int]:
+    """``(H_out, W_out)`` of a locally connected layer on an ``input_size = (H, W)`` input."""
+    (h, w), (kh, kw) = _pair(input_size, "input_size"), _pair(kernel_size, "kernel_size")
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def lc_weight_from_natural(w: Tensor) -> Tensor:
+    """``[H_out, W_out, C_out, C_in, kH, kW]`` -> the op's ``[H_out, W_out, C_in, kH, kW, C_out]`` (contiguous)."""
+    if w.dim() != 6:
+        raise ValueError(f"lc_weight_from_natural: expected a 6-D [H_out, W_out, C_out, C_in, kH, kW] tensor, "
+                         f"got shape {tuple(w.shape)}")
+    return w.permute(0, 1, 3, 4, 5, 2).contiguous()
+
+
+def lc_weight_to_natural(w: Tensor) -> Tensor:
+    """The op's ``[H_out, W_out, C_in, kH, kW, C_out]`` -> natural ``[H_out, W_out, C_out, C_in, kH, kW]``."""
+    if w.dim() != 6:
+        raise ValueError(f"lc_weight_to_natural: expected a 6-D [H_out, W_out, C_in, kH, kW, C_out] tensor, "
+                         f"got shape {tuple(w.shape)}")
+    return w.permute(0, 1, 5, 2, 3, 4).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public functions
+
+
+def lc_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """Locally connected 2-D convolution (see the module docstring for the math and layouts).
+
+    Args:
+        input: Tensor[N, C_in, H, W], float32 or float64, any strides.
+        weight: Tensor[H_out, W_out, C_in, kH, kW, C_out].
+        bias: Tensor[C_out, H_out, W_out] or None.
+        stride, padding: int or (h, w).
+
+    Returns:
+        Tensor[N, C_out, H_out, W_out] (channels-last strides). Differentiable in input, weight and bias.
+    """
+    return _ops.lc_conv2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+
+
+def lc_conv2d_abs_tanh(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        raise RuntimeError(
+            "lc_conv2d_abs_tanh is inference-only and has no backward: call it under torch.no_grad() / "
+            "torch.inference_mode(), or use abs_tanh(lc_conv2d(...)) for training"
+        )
+    return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+
+
+def abs_tanh(x: Tensor) -> Tensor:
+    """``|tanh(x)|`` elementwise (float32/float64; dense layouts such as channels-last are kept)."""
+    return _ops.abs_tanh(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fake kernels (shape/stride propagation for torch.compile, opcheck and meta tensors)
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Mirror of ATen's ``is_non_overlapping_and_dense``: the strides are a permutation of a packed layout."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@torch.library.register_fake("tcdcn_ext::lc_conv2d")
+def _lc_conv2d_fake(input, weight, bias, stride, padding):
+    torch._check(input.dim() == 4, lambda: f"lc_conv2d: input must be 4-D, got {input.dim()}-D")
+    torch._check(weight.dim() == 6, lambda: f"lc_conv2d: weight must be 6-D, got {weight.dim()}-D")
+    shape = (input.shape[0], weight.shape[5], weight.shape[0], weight.shape[1])
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("tcdcn_ext::lc_conv2d_abs_tanh")
+def _lc_conv2d_abs_tanh_fake(input, weight, bias, stride, padding):
+    return _lc_conv2d_fake(input, weight, bias, stride, padding)
+
+
+@torch.library.register_fake("tcdcn_ext::_lc_conv2d_backward")
+def _lc_conv2d_backward_fake(grad_output, input, weight, stride, padding, output_mask):
+    def make(flag: bool, shape) -> Tensor:
+        return input.new_empty(shape if flag else (0,))
+
+    c_out, h_out, w_out = weight.shape[5], weight.shape[0], weight.shape[1]
+    return (
+        make(output_mask[0], input.shape),
+        make(output_mask[1], weight.shape),
+        make(output_mask[2], (c_out, h_out, w_out)),
+    )
+
+
+@torch.library.register_fake("tcdcn_ext::abs_tanh")
+def _abs_tanh_fake(x):
+    if _is_dense(x):
+        return torch.empty_like(x)
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("tcdcn_ext::_abs_tanh_backward")
+def _abs_tanh_backward_fake(grad_output, x):
+    if _is_dense(x) and grad_output.stride() == x.stride():
+        return torch.empty_like(x)
+    return x.new_empty(x.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Autograd
+
+
+def _lc_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.stride, ctx.padding = stride, padding
+
+
+def _lc_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
+    gi, gw, gb = _ops._lc_conv2d_backward(grad_output, input, weight, ctx.stride, ctx.padding, mask)
+    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None)
+
+
+torch.library.register_autograd("tcdcn_ext::lc_conv2d", _lc_backward, setup_context=_lc_setup_context)
+
+
+def _fused_backward(ctx, grad_output):
+    raise RuntimeError(
+        "lc_conv2d_abs_tanh is inference-only and has no backward; use abs_tanh(lc_conv2d(...)) for training"
+    )
+
+
+def _fused_setup_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh", _fused_backward, setup_context=_fused_setup_context)
+
+
+def _abs_tanh_setup_context(ctx, inputs, output):
+    (x,) = inputs
+    ctx.save_for_backward(x)
+
+
+def _abs_tanh_backward(ctx, grad_output):
+    (x,) = ctx.saved_tensors
+    return _ops._abs_tanh_backward(grad_output, x)
+
+
+torch.library.register_autograd("tcdcn_ext::abs_tanh", _abs_tanh_backward, setup_context=_abs_tanh_setup_context)
