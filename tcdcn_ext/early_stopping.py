@@ -20,11 +20,11 @@ Degenerate cases (our reading of what the paper intends):
 * The strip is not falling (its last loss ``>=`` its first): the trend term is ``+inf`` (training has stalled
   or diverges). Without this rule a convexly *rising* strip (e.g. ``1.0, 1.1, 1.5``) would get a finite, even
   small, trend term.
-* ``sum(s) - k * med(s) <= 0``: the strip is flat or not falling in the convex (decaying) way the formula
-  expects; the trend term is taken as ``+inf``. Note that this also covers a strip falling *linearly* or at an
-  accelerating rate (sum = or < k * median): the formula reads those as "stalled", so a noisy, slowly falling
-  loss can trip it whenever the validation loss is above the best training loss; choose ``k``, ``epsilon`` and
-  ``lambda`` with that in mind (the paper gives no values).
+* ``sum(s) - k * med(s) <= 0`` while the strip falls (last < first): the loss is still falling steadily
+  (linearly or faster, so the mean is not above the median). Read literally the formula would call this
+  "stalled" (a zero or negative denominator); that stopped every auxiliary task of a real MTFL run within its
+  first 7 epochs while their losses were still dropping, so the trend term is taken as ``0`` here: a task is
+  stopped only once its training curve has levelled off (convex strip with a small tail, or not falling).
 * Generalisation term ``<= 0`` (validation loss at or below the best training loss): never stop, even with an
   infinite trend term (``inf * 0`` would be NaN, and there is no over-fitting to stop).
 * ``min_j E_tr(j) <= 0`` (a loss that reached zero): the denominator is clamped to ``1e-12`` so a positive gap
@@ -58,8 +58,8 @@ def criterion(train_history: Sequence[float], val_loss: float, strip_k: int, lam
         lam: the task's weight ``lambda_a`` (> 0).
 
     Returns:
-        The criterion value; ``0.0`` when there is not enough history or no over-fitting gap, ``inf`` when the
-        strip is flat/not falling and a positive gap exists.
+        The criterion value; ``0.0`` when there is not enough history, no over-fitting gap, or a strip falling
+        steadily; ``inf`` when the strip is not falling and a positive gap exists.
     """
     if len(train_history) < strip_k:
         return 0.0
@@ -73,9 +73,9 @@ def criterion(train_history: Sequence[float], val_loss: float, strip_k: int, lam
         return math.inf
     k_med = strip_k * float(np.median(strip))
     denom = float(strip.sum()) - k_med
-    # Relative guard: rounding can leave a flat strip with a tiny positive denominator.
+    # Falling steadily (mean not above median): still learning, see the module doc.
     if denom <= 1e-12 * max(abs(k_med), _TINY):
-        return math.inf
+        return 0.0
     return k_med / denom * general
 
 

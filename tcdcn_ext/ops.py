@@ -187,7 +187,7 @@ def _is_dense(t: Tensor) -> bool:
 
 
 @torch.library.register_fake("tcdcn_ext::lc_conv2d")
-def _lc_conv2d_fake(input, weight, bias, stride, padding):
+def _lc_conv2d_fake(input, weight, bias, stride=(1, 1), padding=(0, 0)):
     torch._check(input.dim() == 4, lambda: f"lc_conv2d: input must be 4-D, got {input.dim()}-D")
     torch._check(weight.dim() == 6, lambda: f"lc_conv2d: weight must be 6-D, got {weight.dim()}-D")
     shape = (input.shape[0], weight.shape[5], weight.shape[0], weight.shape[1])
@@ -195,7 +195,7 @@ def _lc_conv2d_fake(input, weight, bias, stride, padding):
 
 
 @torch.library.register_fake("tcdcn_ext::lc_conv2d_abs_tanh")
-def _lc_conv2d_abs_tanh_fake(input, weight, bias, stride, padding):
+def _lc_conv2d_abs_tanh_fake(input, weight, bias, stride=(1, 1), padding=(0, 0)):
     return _lc_conv2d_fake(input, weight, bias, stride, padding)
 
 

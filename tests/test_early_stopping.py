@@ -85,13 +85,14 @@ def test_criterion_values_and_degenerate_cases() -> None:
     # Rising strips: stalled, +inf, whether sum - k*med is negative (concave) or positive (convex).
     assert criterion([1.0, 1.4, 1.5], 1.6, 3, 1.0) == math.inf
     assert criterion([1.0, 1.1, 1.5], 1.6, 3, 1.0) == math.inf
-    # A strip falling at an accelerating rate has sum < k*med: read as stalled too (the formula's convexity
-    # assumption; documented).
-    assert criterion([1.5, 1.4, 1.0], 1.1, 3, 1.0) == math.inf
+    # A strip falling linearly or at an accelerating rate (sum <= k*med) is still learning: never stopped
+    # (the literal formula would divide by <= 0; see the module doc).
+    assert criterion([1.5, 1.4, 1.0], 1.1, 3, 1.0) == 0.0
+    assert criterion([1.5, 1.25, 1.0], 1.1, 3, 1.0) == 0.0
     # Not enough history.
     assert criterion([1.0, 0.5], 5.0, 3, 1.0) == 0.0
     # A zero training loss does not divide by zero.
-    assert criterion([1.0, 0.5, 0.0], 0.1, 3, 1.0) > 1e6
+    assert criterion([1.0, 0.1, 0.0], 0.1, 3, 1.0) > 1e6
 
 
 def test_state_round_trip_resumes_identically() -> None:

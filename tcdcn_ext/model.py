@@ -1,0 +1,269 @@
+"""The TCDCN network (Zhang, Luo, Loy, Tang, ECCV 2014) and the loader of the shipped weights.
+
+Architecture (paper Fig. 2 / Sec. 3): a grey face, per-image normalised (zero mean, unit std), of
+``input_size`` x ``input_size`` pixels (paper: 40) -> four convolutional layers with |tanh| activations and 2x2
+max pooling after the first three -> a fully connected shared feature with |tanh| -> one linear head per task:
+
+* ``landmarks``: ``2 * num_points`` numbers (paper: 5 points, least squares),
+* auxiliary tasks (paper: head pose 5 classes, gender, glasses, smiling 2 classes each, softmax).
+
+From the paper: the 40x40 grey input, four conv layers with *unshared* (locally connected) filters, |tanh|, max
+pooling, the FC shared feature, the 5 landmarks and the four auxiliary tasks with their class counts.
+Choices made here (the paper's figure gives no exact numbers): 16@5x5, 48@3x3, 64@3x3, 64@2x2 maps and a
+100-wide feature (the sizes public re-implementations use), Glorot initialisation, pooling after layers 1-3
+only, and a learned offset initialised to the training set's mean shape for the landmark head.
+``shared_conv=True`` swaps the locally connected layers for ordinary convolutions (the paper's 68-point
+transfer variant).
+
+Landmark frame: the model sees the face box resampled to ``S x S`` and predicts each point in the box's
+normalised frame ``(u, v)``, with ``x = x0 + u (x1 - x0)``, ``y = y0 + v (y1 - y0)`` for a box
+``(x0, y0, x1, y1)`` in pixel-centre coordinates; input pixel ``i`` has its centre at ``u = (i + 0.5) / S``
+(:func:`tcdcn_ext.data.box_to_input_matrix`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .nn import AbsTanh, LocallyConnected2d
+
+__all__ = ["AUX_TASKS_5PT", "TCDCN", "TCDCNConfig", "WeightsError", "load_model", "save_weights", "shipped_models"]
+
+#: The paper's auxiliary tasks and their class counts (MTFL codes, see the data README).
+AUX_TASKS_5PT: dict[str, int] = {"pose": 5, "gender": 2, "glasses": 2, "smile": 2}
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, truncated, tampered with (checksum mismatch) or not a TCDCN checkpoint."""
+
+
+@dataclass
+class TCDCNConfig:
+    input_size: int = 40
+    num_points: int = 5
+    channels: tuple[int, ...] = (16, 48, 64, 64)
+    kernels: tuple[int, ...] = (5, 3, 3, 2)
+    pool_after: tuple[bool, ...] = (True, True, True, False)
+    feature_dim: int = 100
+    shared_conv: bool = False
+    aux_tasks: dict[str, int] = field(default_factory=lambda: dict(AUX_TASKS_5PT))
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.kernels = tuple(int(k) for k in self.kernels)
+        self.pool_after = tuple(bool(p) for p in self.pool_after)
+        if not (len(self.channels) == len(self.kernels) == len(self.pool_after)):
+            raise ValueError(f"TCDCNConfig: channels {self.channels}, kernels {self.kernels} and pool_after "
+                             f"{self.pool_after} must have the same length")
+        self.aux_tasks = {str(k): int(v) for k, v in dict(self.aux_tasks).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"], d["kernels"], d["pool_after"] = list(self.channels), list(self.kernels), list(self.pool_after)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TCDCNConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"TCDCNConfig: unknown fields {sorted(unknown)}")
+        return cls(**dict(d))
+
+
+class TCDCN(nn.Module):
+    """The tasks-constrained deep convolutional network.
+
+    ``forward(x)`` takes Tensor[N, 1, S, S] (see :meth:`preprocess`) and returns a dict with
+    ``"landmarks"``: Tensor[N, P, 2] in the box-normalised frame (module docstring), and one Tensor[N, classes]
+    of logits per auxiliary task (``"pose"``, ``"gender"``, ``"glasses"``, ``"smile"`` for the 5-point model).
+    """
+
+    def __init__(self, config: TCDCNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or TCDCNConfig()
+        size, c_in = config.input_size, 1
+        layers: list[nn.Module] = []
+        for c_out, k, pool in zip(config.channels, config.kernels, config.pool_after):
+            if config.shared_conv:
+                layers.append(nn.Conv2d(c_in, c_out, k))
+            else:
+                layers.append(LocallyConnected2d(c_in, c_out, k, (size, size)))
+            layers.append(AbsTanh())
+            size = size - k + 1
+            if size < 1:
+                raise ValueError(f"TCDCN: input size {config.input_size} is too small for kernels {config.kernels}")
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            c_in = c_out
+        self.conv = nn.Sequential(*layers)
+        self.flat_dim = c_in * size * size
+        self.fc = nn.Linear(self.flat_dim, config.feature_dim)
+        self.act = AbsTanh()
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.landmark_head = nn.Linear(config.feature_dim, 2 * config.num_points)
+        self.aux_heads = nn.ModuleDict({t: nn.Linear(config.feature_dim, n) for t, n in config.aux_tasks.items()})
+        nn.init.zeros_(self.landmark_head.weight)
+        with torch.no_grad():  # start from the mean face: points spread over the box's centre area
+            self.landmark_head.bias.copy_(torch.full((2 * config.num_points,), 0.5))
+
+    @property
+    def num_points(self) -> int:
+        return self.config.num_points
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
+        """Initialise the landmark head's offset to a mean shape ``[P, 2]`` in the box frame."""
+        uv = torch.as_tensor(np.asarray(uv, dtype=np.float32)).reshape(-1)
+        with torch.no_grad():
+            self.landmark_head.bias.copy_(uv)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The shared feature, Tensor[N, feature_dim]."""
+        s = self.config.input_size
+        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(f"TCDCN: expected input Tensor[N, 1, {s}, {s}], got shape {tuple(x.shape)}")
+        h = self.conv(x)
+        return self.drop(self.act(self.fc(h.flatten(1))))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        f = self.features(x)
+        out = {"landmarks": self.landmark_head(f).view(-1, self.config.num_points, 2)}
+        for task, head in self.aux_heads.items():
+            out[task] = head(f)
+        return out
+
+    # -- pre/post-processing -----------------------------------------------------------------------------------
+
+    def preprocess(self, images: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray | Sequence) -> Tensor:
+        """(RGB uint8 image(s) ``HxWx3`` or grey ``HxW``, face box(es) ``(x0, y0, x1, y1)``) -> Tensor[N, 1, S, S].
+
+        The box is resampled to ``S x S`` grey pixels (bilinear, black outside the image) and normalised per
+        image to zero mean and unit standard deviation.
+        """
+        from . import data  # OpenCV is imported only when images are processed
+
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
+            images = [images]
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(images) != len(boxes):
+            raise ValueError(f"preprocess: {len(images)} images but {len(boxes)} boxes")
+        return torch.from_numpy(data.make_inputs(list(images), boxes, self.config.input_size))
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
+        """Forward in eval mode, in batches: landmarks (box frame) and aux-task probabilities (softmax)."""
+        was_training = self.training
+        self.eval()
+        try:
+            outs: dict[str, list[Tensor]] = {}
+            for i in range(0, max(len(x), 1), batch_size):
+                o = self(x[i:i + batch_size])
+                for k, v in o.items():
+                    outs.setdefault(k, []).append(v if k == "landmarks" else F.softmax(v, dim=1))
+            return {k: torch.cat(v) for k, v in outs.items()}
+        finally:
+            self.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] | None = None,
+                 half: bool = True) -> dict[str, Any]:
+    """Write ``path`` (``.pt``: config + state dict, fp16 storage when ``half``) and ``path.json`` with its
+    sha256 and ``meta``. Returns the JSON record. Both files are written atomically (temp + rename)."""
+    path = Path(path)
+    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    blob = {"format": "tcdcn_ext/1", "config": model.config.to_dict(), "state_dict": state}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    record = {"file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size,
+              "config": model.config.to_dict(), "meta": dict(meta or {})}
+    jpath = path.with_suffix(".json")
+    jtmp = jpath.with_name(jpath.name + ".tmp")
+    jtmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    os.replace(jtmp, jpath)
+    return record
+
+
+def shipped_models() -> dict[str, Path]:
+    """Names of the weights inside the package (``"5pt"``, ``"68pt"``) that are present, with their paths."""
+    return {name: WEIGHTS_DIR / f"{stem}.pt" for name, stem in _SHIPPED.items()
+            if (WEIGHTS_DIR / f"{stem}.pt").exists()}
+
+
+def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.device = "cpu",
+               verify: bool = True) -> TCDCN:
+    """Load a TCDCN model: ``"5pt"`` / ``"68pt"`` (shipped inside the package, offline) or a ``.pt`` path.
+
+    The file's sha256 is checked against the ``.json`` record beside it (when present; always for shipped
+    weights) before it is read, and it is read with ``torch.load(weights_only=True)``. Raises
+    :class:`WeightsError` naming the file on any problem. The model is returned in eval mode, float32.
+    """
+    key = str(name_or_path)
+    if key in _SHIPPED:
+        path = WEIGHTS_DIR / f"{_SHIPPED[key]}.pt"
+        if not path.exists():
+            raise WeightsError(f"the shipped model {key!r} is not in this installation ({path} is missing)")
+        must_verify = True
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist (shipped models: {sorted(_SHIPPED)})")
+        must_verify = False
+    record_path = path.with_suffix(".json")
+    if verify and (must_verify or record_path.exists()):
+        if not record_path.exists():
+            raise WeightsError(f"{record_path} (the checksum record of {path.name}) is missing")
+        try:
+            record = json.loads(record_path.read_text())
+            expected = record["sha256"]
+        except (ValueError, KeyError) as exc:
+            raise WeightsError(f"{record_path} is not a valid weights record: {exc}") from exc
+        actual = _sha256(path)
+        if actual != expected:
+            raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
+                               "the file is truncated or was modified")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt archives
+        raise WeightsError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+        raise WeightsError(f"{path}: not a tcdcn_ext weights file (expected keys 'config' and 'state_dict')")
+    try:
+        model = TCDCN(TCDCNConfig.from_dict(blob["config"]))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise WeightsError(f"{path}: weights do not fit the recorded architecture ({exc})") from exc
+    return model.to(device).eval()

@@ -1,0 +1,241 @@
+"""The operators against the pure-PyTorch reference: values, gradients, opcheck, ISAs, layouts, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cpu_and_cuda
+
+import tcdcn_ext
+from tcdcn_ext import _reference as ref
+from tcdcn_ext import ops
+from tcdcn_ext.nn import AbsTanh, LocallyConnected2d
+
+# (C_in, H, W, k, C_out, stride, padding): the four TCDCN layers, then odd shapes (tails, stride, padding).
+TCDCN_SHAPES = [(1, 40, 40, 5, 16, 1, 0), (16, 18, 18, 3, 48, 1, 0), (48, 8, 8, 3, 64, 1, 0), (64, 3, 3, 2, 64, 1, 0)]
+ODD_SHAPES = [(3, 7, 9, 3, 5, 1, 0), (2, 9, 8, 3, 17, 2, 1), (5, 6, 6, 2, 33, 1, 2), (1, 1, 1, 1, 1, 1, 0)]
+
+
+def make(shape, n, dtype=torch.float32, device="cpu", bias=True, requires_grad=False):
+    c_in, h, w, k, c_out, s, p = shape
+    ho, wo = ops.lc_output_size((h, w), k, s, p)
+    x = torch.randn(n, c_in, h, w, dtype=dtype, device=device)
+    wt = torch.randn(ho, wo, c_in, k, k, c_out, dtype=dtype, device=device) / (c_in * k * k) ** 0.5
+    b = torch.randn(c_out, ho, wo, dtype=dtype, device=device) if bias else None
+    if requires_grad:
+        for t in (x, wt, b):
+            if t is not None:
+                t.requires_grad_(True)
+    return x, wt, b, (s, s), (p, p)
+
+
+def tol(dtype):
+    return {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", TCDCN_SHAPES + ODD_SHAPES)
+@pytest.mark.parametrize("n", [1, 13])
+def test_lc_conv2d_forward_backward_match_reference(device, dtype, shape, n):
+    x, w, b, s, p = make(shape, n, dtype, device, requires_grad=True)
+    out = ops.lc_conv2d(x, w, b, s, p)
+    expected = ref.lc_conv2d(x, w, b, s, p)
+    torch.testing.assert_close(out, expected, **tol(dtype))
+    g = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (x, w, b), g)
+    want = torch.autograd.grad(expected, (x, w, b), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, **tol(dtype))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_lc_conv2d_without_bias_and_partial_grads(device):
+    x, w, _, s, p = make(ODD_SHAPES[1], 4, torch.float64, device, bias=False)
+    w.requires_grad_(True)  # input does not need a gradient: only grad_weight is computed
+    out = ops.lc_conv2d(x, w, None, s, p)
+    (gw,) = torch.autograd.grad(out.sum(), (w,))
+    w2 = w.detach().clone().requires_grad_(True)
+    (gw2,) = torch.autograd.grad(ref.lc_conv2d(x, w2, None, s, p).sum(), (w2,))
+    torch.testing.assert_close(gw, gw2)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shape", [(2, 5, 6, 3, 3, 1, 0), (2, 6, 5, 2, 4, 2, 1)])
+def test_lc_conv2d_gradcheck(device, shape):
+    x, w, b, s, p = make(shape, 2, torch.float64, device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: ops.lc_conv2d(*a, s, p), (x, w, b))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_abs_tanh_matches_reference_and_gradcheck(device):
+    x = torch.randn(1000, device=device) * 4
+    x[:5] = torch.tensor([0.0, 1e-8, -1e-3, 30.0, -90.0])
+    torch.testing.assert_close(ops.abs_tanh(x), ref.abs_tanh(x), rtol=1e-6, atol=2e-7)
+    xd = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.abs_tanh, (xd,))
+    # The derivative at exactly 0 is taken as 0, like autograd's abs().
+    z = torch.zeros(3, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(ops.abs_tanh(z).sum(), (z,))
+    assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_abs_tanh_nan_inf_and_layouts(device):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0], device=device)
+    y = ops.abs_tanh(x)
+    assert torch.isnan(y[0]) and y[1] == 1 and y[2] == 1 and y[3] == 0
+    cl = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
+    out = ops.abs_tanh(cl)
+    assert out.stride() == cl.stride()
+    torch.testing.assert_close(out, ref.abs_tanh(cl))
+    nc = torch.randn(6, 8, device=device)[:, ::2]  # non-contiguous, not dense
+    torch.testing.assert_close(ops.abs_tanh(nc), ref.abs_tanh(nc))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_fused_forward_matches_and_refuses_grad(device):
+    x, w, b, s, p = make(TCDCN_SHAPES[1], 3, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.lc_conv2d_abs_tanh(x, w, b, s, p), ref.lc_conv2d_abs_tanh(x, w, b, s, p),
+                                   rtol=1e-4, atol=1e-4)
+    w.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        ops.lc_conv2d_abs_tanh(x, w, b, s, p)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck(device):
+    x, w, b, s, p = make(ODD_SHAPES[1], 3, torch.float64, device, requires_grad=True)
+    torch.library.opcheck(torch.ops.tcdcn_ext.lc_conv2d.default, (x, w, b, list(s), list(p)))
+    torch.library.opcheck(torch.ops.tcdcn_ext.lc_conv2d.default, (x, w, None, list(s), list(p)))
+    with torch.no_grad():
+        torch.library.opcheck(torch.ops.tcdcn_ext.lc_conv2d_abs_tanh.default,
+                              (x.detach(), w.detach(), b.detach(), list(s), list(p)),
+                              test_utils=("test_schema", "test_faketensor"))
+    g = torch.randn(3, 17, 5, 4, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.tcdcn_ext._lc_conv2d_backward.default,
+                          (g, x.detach(), w.detach(), list(s), list(p), [True, False, True]),
+                          test_utils=("test_schema", "test_faketensor"))
+    xa = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.tcdcn_ext.abs_tanh.default, (xa,))
+    torch.library.opcheck(torch.ops.tcdcn_ext._abs_tanh_backward.default,
+                          (torch.randn(4, 5, dtype=torch.float64, device=device), xa.detach()),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("isa", ops.cpu_isas_supported())
+@pytest.mark.parametrize("shape", TCDCN_SHAPES + ODD_SHAPES)
+def test_every_cpu_isa_matches_ref_path(isa, shape):
+    x, w, b, s, p = make(shape, 14, requires_grad=True)
+    with ops.use_cpu_isa("ref"):
+        want_out = ops.lc_conv2d(x, w, b, s, p)
+        g = torch.randn_like(want_out)
+        want = torch.autograd.grad(want_out, (x, w, b), g)
+        want_act = ops.abs_tanh(want_out.detach())
+    with ops.use_cpu_isa(isa):
+        assert ops.cpu_isa() == isa
+        out = ops.lc_conv2d(x, w, b, s, p)
+        got = torch.autograd.grad(out, (x, w, b), g)
+        act = ops.abs_tanh(want_out.detach())
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(act, want_act, rtol=1e-6, atol=2e-7)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_isa_is_refused():
+    with pytest.raises(ValueError, match="expected one of"):
+        ops.set_cpu_isa("sse9")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_non_contiguous_and_channels_last_inputs(device):
+    x, w, b, s, p = make(TCDCN_SHAPES[1], 5, device=device)
+    big = torch.randn(5, 32, 18, 18, device=device)
+    x_nc = big[:, ::2]  # channel stride 2
+    x_cl = x.to(memory_format=torch.channels_last)
+    for xi in (x_nc, x_cl, x.transpose(2, 3)):
+        torch.testing.assert_close(ops.lc_conv2d(xi, w, b, s, p), ref.lc_conv2d(xi, w, b, s, p), rtol=1e-4,
+                                   atol=1e-4)
+    w_nc = ops.lc_weight_to_natural(w).permute(0, 1, 3, 4, 5, 2)  # same values, non-contiguous
+    torch.testing.assert_close(ops.lc_conv2d(x, w_nc, b), ops.lc_conv2d(x, w, b))
+    # overlapping strides (an expanded batch)
+    xe = x[:1].expand(4, -1, -1, -1)
+    torch.testing.assert_close(ops.lc_conv2d(xe, w, b), ref.lc_conv2d(xe.contiguous(), w, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_empty_batch(device):
+    x, w, b, s, p = make(TCDCN_SHAPES[2], 0, device=device, requires_grad=True)
+    out = ops.lc_conv2d(x, w, b)
+    assert out.shape == (0, 64, 6, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.count_nonzero(w.grad) == 0 and torch.count_nonzero(b.grad) == 0
+    assert ops.abs_tanh(torch.empty(0, 3, device=device)).shape == (0, 3)
+
+
+def test_weight_layout_round_trip():
+    natural = torch.randn(4, 5, 6, 3, 2, 2)
+    w = ops.lc_weight_from_natural(natural)
+    assert w.shape == (4, 5, 3, 2, 2, 6) and w.is_contiguous()
+    assert torch.equal(ops.lc_weight_to_natural(w), natural)
+    x = torch.randn(2, 3, 5, 6)
+    # natural layout semantics: out[n, co, i, j] = sum natural[i, j, co, ci, a, b] * x[n, ci, i + a, j + b]
+    out = torch.einsum("ijzcab,ncijab->nzij", natural, x.unfold(2, 2, 1).unfold(3, 2, 1))
+    torch.testing.assert_close(ops.lc_conv2d(x, w), out, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda: (torch.randn(2, 3, 8), torch.randn(6, 6, 3, 3, 3, 4), None), "input must be 4-D"),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(6, 6, 3, 3, 4), None), "weight must be 6-D"),
+        (lambda: (torch.randn(2, 2, 8, 8), torch.randn(6, 6, 3, 3, 3, 4), None), "C_in = 3"),
+        (lambda: (torch.randn(2, 3, 9, 8), torch.randn(6, 6, 3, 3, 3, 4), None), "gives 7x6"),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(6, 6, 3, 3, 3, 4), torch.randn(4, 6)), "bias must be"),
+        (lambda: (torch.randn(2, 3, 8, 8).half(), torch.randn(6, 6, 3, 3, 3, 4).half(), None), "float32 or float64"),
+        (lambda: (torch.randn(2, 3, 8, 8), torch.randn(6, 6, 3, 3, 3, 4).double(), None), "does not match input"),
+        (lambda: (torch.randn(2, 3, 2, 2), torch.randn(1, 1, 3, 3, 3, 4), None), "smaller than"),
+    ],
+)
+def test_clear_errors(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.lc_conv2d(*args())
+
+
+def test_abs_tanh_rejects_integers():
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.abs_tanh(torch.arange(3))
+
+
+def test_modules_and_compile():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(LocallyConnected2d(1, 4, 3, (8, 8)), AbsTanh(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 2))
+    assert net[0].weight.shape == (6, 6, 1, 3, 3, 4) and net[0].bias.shape == (4, 6, 6)
+    x = torch.randn(3, 1, 8, 8)
+    eager = net(x)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), eager)
+    compiled(x).sum().backward()
+    assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+    with pytest.raises(ValueError, match="no output location"):
+        LocallyConnected2d(1, 4, 9, (8, 8))
+
+
+def test_build_metadata():
+    assert tcdcn_ext._C.torch_version == torch.__version__.split("+")[0]
+    assert ops.cpu_isa() in ops.cpu_isas_supported()
+
+
+def test_no_two_sources_share_a_stem():
+    root = Path(__file__).resolve().parents[1] / "csrc"
+    stems: dict[str, Path] = {}
+    for f in sorted(root.rglob("*")):
+        if f.suffix in (".cpp", ".cu", ".c", ".cc"):
+            assert f.stem not in stems, f"{f} and {stems[f.stem]} share the stem {f.stem!r}"
+            stems[f.stem] = f
+    assert len(stems) >= 8
