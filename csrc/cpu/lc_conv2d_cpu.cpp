@@ -45,13 +45,12 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   g.in_sH = x.stride(2);
   g.in_sW = x.stride(3);
   off.resize(s.K());
-  gi_off.resize(s.K());
+  gi_off.resize(s.kH * s.kW);
   for (int64_t ci = 0, k = 0; ci < s.C_in; ++ci)
     for (int64_t kh = 0; kh < s.kH; ++kh)
-      for (int64_t kw = 0; kw < s.kW; ++kw, ++k) {
-        off[k] = ci * g.in_sC + kh * g.in_sH + kw * g.in_sW;
-        gi_off[k] = (ci * g.H + kh) * g.W + kw;
-      }
+      for (int64_t kw = 0; kw < s.kW; ++kw, ++k) off[k] = ci * g.in_sC + kh * g.in_sH + kw * g.in_sW;
+  for (int64_t kh = 0, t = 0; kh < s.kH; ++kh)
+    for (int64_t kw = 0; kw < s.kW; ++kw, ++t) gi_off[t] = (kh * g.W + kw) * s.C_in;
   g.in_off = off.data();
   g.gi_off = gi_off.data();
   return g;
@@ -67,7 +66,8 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   const at::Tensor x = pad_input(input, s);
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load.
+  const at::Tensor b = has_bias ? bias->permute({1, 2, 0}).contiguous() : at::Tensor();
   std::vector<int64_t> off, gi_off;
   const LcGeom g = make_geom(s, x, off, gi_off);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lc_conv2d", [&] {
@@ -110,12 +110,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
               ": grad_output must match input's dtype and device, got ", grad_output.scalar_type(), " on ",
               grad_output.device());
   const auto opts = input.options();
-  at::Tensor gi = output_mask[0] ? at::zeros(input.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gi = at::empty({0}, opts);
   at::Tensor gw = output_mask[1] ? at::empty(weight.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gb = output_mask[2] ? at::empty({s.C_out, s.H_out, s.W_out}, opts) : at::empty({0}, opts);
+  // Computed as [H_out, W_out, C_out] (a location's channels contiguous), returned as [C_out, H_out, W_out].
+  at::Tensor gb_lc = output_mask[2] ? at::empty({s.H_out, s.W_out, s.C_out}, opts) : at::empty({0}, opts);
   if (s.N == 0 || s.C_out == 0 || s.K() == 0) {
+    if (output_mask[0]) gi = at::zeros(input.sizes(), opts);
     if (output_mask[1]) gw.zero_();
-    if (output_mask[2]) gb.zero_();
+    at::Tensor gb = output_mask[2] ? at::zeros({s.C_out, s.H_out, s.W_out}, opts) : gb_lc;
     return {gi, gw, gb};
   }
   const at::Tensor x = pad_input(input, s);
@@ -129,23 +131,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
     if (output_mask[1] || output_mask[2]) {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* gwp = output_mask[1] ? gw.mutable_data_ptr<scalar_t>() : nullptr;
-      scalar_t* gbp = output_mask[2] ? gb.mutable_data_ptr<scalar_t>() : nullptr;
+      scalar_t* gbp = output_mask[2] ? gb_lc.mutable_data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
         k.backward_weight(g, xp, gop, gwp, gbp, l0, l1);
       });
     }
     if (output_mask[0]) {
-      // Weights as [L, C_out, K] so the tap dimension is contiguous for the vector loads.
-      const at::Tensor wt = weight.permute({0, 1, 5, 2, 3, 4}).contiguous();
-      at::Tensor gip = (s.pH || s.pW) ? at::zeros({s.N, s.C_in, g.H, g.W}, opts) : gi;
+      // Weights as [L, C_out, kH, kW, C_in] and grad_input channels-last: the taps' gradients are added back
+      // as contiguous runs of C_in (see lc_conv2d_body.h).
+      const at::Tensor wt = weight.permute({0, 1, 5, 3, 4, 2}).contiguous();
+      at::Tensor gi_cl = at::zeros({s.N, g.H, g.W, s.C_in}, opts);
       const scalar_t* wtp = wt.const_data_ptr<scalar_t>();
-      scalar_t* gipp = gip.mutable_data_ptr<scalar_t>();
+      scalar_t* gip = gi_cl.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, s.N, grain_for(s.L() * s.K() * s.C_out), [&](int64_t n0, int64_t n1) {
-        k.backward_input(g, gop, wtp, gipp, n0, n1);
+        k.backward_input(g, gop, wtp, gip, n0, n1);
       });
-      if (s.pH || s.pW) gi.copy_(gip.narrow(2, s.pH, s.H).narrow(3, s.pW, s.W));
+      gi = gi_cl.permute({0, 3, 1, 2}).narrow(2, s.pH, s.H).narrow(3, s.pW, s.W).contiguous();
     }
   });
+  at::Tensor gb = output_mask[2] ? gb_lc.permute({2, 0, 1}).contiguous() : gb_lc;
   return {gi, gw, gb};
 }
 

@@ -16,27 +16,28 @@ struct LcGeom {
   int64_t in_sN, in_sC, in_sH, in_sW;  // input element strides
   // in_off[k] for k = (ci * kH + kh) * kW + kw: element offset of that tap from a window's top-left corner.
   const int64_t* in_off;
-  // gi_off[k]: the same for a contiguous [N, C_in, H, W] grad_input buffer.
+  // gi_off[t] for tap t = kh * kW + kw: element offset of that tap in a channels-last [N, H, W, C_in]
+  // grad_input buffer, (kh * W + kw) * C_in.
   const int64_t* gi_off;
   int64_t L() const { return H_out * W_out; }
   int64_t K() const { return C_in * kH * kW; }
   // Element offset of output location l's window corner in the input / in a contiguous grad_input.
   int64_t in_base(int64_t l) const { return (l / W_out) * sH * in_sH + (l % W_out) * sW * in_sW; }
-  int64_t gi_base(int64_t l) const { return (l / W_out) * sH * W + (l % W_out) * sW; }
+  int64_t gi_base(int64_t l) const { return ((l / W_out) * sH * W + (l % W_out) * sW) * C_in; }
 };
 
 template <typename T>
 struct LcKernels {
   // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
-  //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[co, l], optionally |tanh|'d.
-  // w: [L, K, C_out] contiguous; bias: [C_out, L] contiguous or null.
+  //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[l, co], optionally |tanh|'d.
+  // w: [L, K, C_out] contiguous; bias: [L, C_out] contiguous (the op's [C_out, H_out, W_out] transposed) or null.
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
                   bool abs_tanh);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
-  // gb[co, l] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
+  // gb[l, co] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
   void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1);
-  // For faces [n0, n1): gi[n, window(l) + gi_off[k]] += sum_co go[n, l, co] * wt[l, co, k] over every l.
-  // wt: [L, C_out, K] contiguous (the "natural" layout); gi: contiguous [N, C_in, H, W], zeroed by the caller.
+  // For faces [n0, n1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] += sum_co go[n, l, co] * wt[l, co, kh, kw, ci]
+  // over every l. wt: [L, C_out, kH, kW, C_in] contiguous; gi: channels-last [N, H, W, C_in], zeroed by the caller.
   void (*backward_input)(const LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1);
 };
 

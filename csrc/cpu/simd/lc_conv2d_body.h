@@ -46,21 +46,27 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
 
 template <typename T, int V>
 inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* wl, const T* btile,
-                         T* out0, int64_t out_stride, bool act) {
+                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, bool act) {
   constexpr int R = rows_for(V);
-  const int64_t N = g.N;
   const T* rows[R];
-  int64_t n = 0;
-  for (; n + R <= N; n += R) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
     for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
     lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
   }
-  for (; n < N; ++n) {
+  for (; n < n1; ++n) {
     rows[0] = in + n * g.in_sN + base;
     lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
   }
 }
 
+// Faces per block: a multiple of every rows_for(V) (12, 9, 6, 3, 2), so blocks split into full tiles.
+constexpr int64_t kFaceBlock = 36;
+// Weights of a chunk of locations kept hot in L2 while every face block passes over them.
+constexpr int64_t kWeightChunkBytes = 512 * 1024;
+
+// Loop order: chunks of locations (weights stay in L2) > blocks of faces (their outputs are written as short
+// contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
 template <typename T>
 void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
                 int64_t l1, bool act) {
@@ -68,29 +74,37 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
   const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
   const int64_t c_full = (C / W) * W;
   const int64_t out_stride = L * C;
-  for (int64_t l = l0; l < l1; ++l) {
-    const T* wl = w + l * K * C;
-    const int64_t base = g.in_base(l);
-    for (int64_t c0 = 0; c0 < c_full;) {
-      const int64_t nv = (c_full - c0) / W;
-      const int V = nv >= 4 ? 4 : int(nv);
-      T btile[4 * W];
-      for (int i = 0; i < V * W; ++i) btile[i] = bias ? bias[(c0 + i) * L + l] : T(0);
-      T* o = out + l * C + c0;
-      switch (V) {
-        case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, btile, o, out_stride, act); break;
-        case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, btile, o, out_stride, act); break;
-        case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, btile, o, out_stride, act); break;
-        default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, btile, o, out_stride, act); break;
-      }
-      c0 += V * W;
-    }
-    for (int64_t co = c_full; co < C; ++co) {  // channels that do not fill a vector
-      for (int64_t n = 0; n < N; ++n) {
-        const T* row = in + n * g.in_sN + base;
-        T acc = bias ? bias[co * L + l] : T(0);
-        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
-        out[n * out_stride + l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+  const int64_t wl_bytes = K * C * int64_t(sizeof(T));
+  const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / wl_bytes;
+  const T zeros[4 * W] = {};
+  for (int64_t lc0 = l0; lc0 < l1; lc0 += chunk) {
+    const int64_t lc1 = lc0 + chunk < l1 ? lc0 + chunk : l1;
+    for (int64_t nb = 0; nb < N; nb += kFaceBlock) {
+      const int64_t ne = nb + kFaceBlock < N ? nb + kFaceBlock : N;
+      for (int64_t l = lc0; l < lc1; ++l) {
+        const T* wl = w + l * K * C;
+        const int64_t base = g.in_base(l);
+        for (int64_t c0 = 0; c0 < c_full;) {
+          const int64_t nv = (c_full - c0) / W;
+          const int V = nv >= 4 ? 4 : int(nv);
+          const T* bt = bias ? bias + l * C + c0 : zeros;
+          T* o = out + l * C + c0;
+          switch (V) {
+            case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
+            case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
+            case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
+            default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
+          }
+          c0 += V * W;
+        }
+        for (int64_t co = c_full; co < C; ++co) {  // channels that do not fill a vector
+          for (int64_t n = nb; n < ne; ++n) {
+            const T* row = in + n * g.in_sN + base;
+            T acc = bias ? bias[l * C + co] : T(0);
+            for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
+            out[n * out_stride + l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+          }
+        }
       }
     }
   }
@@ -164,24 +178,42 @@ void lc_backward_weight(const tcdcn::cpu::LcGeom& g, const T* in, const T* go, T
         }
       }
     }
-    if (gb != nullptr) {
-      for (int64_t co = 0; co < C; ++co) {
-        T acc = T(0);
-        for (int64_t n = 0; n < N; ++n) acc += go[n * go_stride + l * C + co];
-        gb[co * L + l] = acc;
+    if (gb != nullptr) {  // faces outer, channels inner: whole rows of go, not one element per line
+      T* gbl = gb + l * C;
+      for (int64_t co = 0; co < C; ++co) gbl[co] = T(0);
+      for (int64_t n = 0; n < N; ++n) {
+        const T* gr = go + n * go_stride + l * C;
+        for (int64_t co = 0; co < C; ++co) gbl[co] += gr[co];
       }
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// lc_conv2d grad_input: per location, dP = go_l wt_l ([N, C_out] x [C_out, K]), then dP is scattered back onto
-// the taps' input positions (col2im). Tile: R faces x V tap vectors, summed over channels. Faces are
-// independent, so callers split over n and no two threads touch the same grad_input element.
+// lc_conv2d grad_input: per location, dP = go_l wt_l ([N, C_out] x [C_out, K']), then dP is added back onto the
+// taps' input positions (col2im). The taps are ordered K' = (kh, kw, ci) and grad_input is channels-last, so
+// each tap's C_in values are one contiguous run (vector adds rather than scalar scatter). Tile: R faces x V
+// tap vectors, summed over channels. Faces are independent, so callers split over n and no two threads touch
+// the same grad_input element (no atomics).
+
+template <typename T>
+inline void lc_bi_add(const tcdcn::cpu::LcGeom& g, T* dst, const T* src, int64_t k0, int64_t count) {
+  const int64_t C_in = g.C_in;
+  int64_t k = k0, i = 0;
+  while (i < count) {
+    const int64_t tap = k / C_in, ci = k - tap * C_in;
+    const int64_t run = (C_in - ci) < (count - i) ? (C_in - ci) : (count - i);
+    T* d = dst + g.gi_off[tap] + ci;
+    const T* s = src + i;
+    for (int64_t j = 0; j < run; ++j) d[j] += s[j];
+    i += run;
+    k += run;
+  }
+}
 
 template <typename T, int R, int V>
 inline void lc_bi_tile(const tcdcn::cpu::LcGeom& g, const T* go0, int64_t go_stride, const T* wtl, int64_t k0,
-                       T* gi0, int64_t gi_stride, int64_t gi_base) {
+                       T* gi0, int64_t gi_stride) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t C = g.C_out, K = g.K();
@@ -197,23 +229,21 @@ inline void lc_bi_tile(const tcdcn::cpu::LcGeom& g, const T* go0, int64_t go_str
     }
   }
   T tmp[V * W];
-  const int64_t* off = g.gi_off + k0;
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) vstore<T>(tmp + v * W, acc[r][v]);
-    T* dst = gi0 + r * gi_stride + gi_base;
-    for (int i = 0; i < V * W; ++i) dst[off[i]] += tmp[i];
+    lc_bi_add<T>(g, gi0 + r * gi_stride, tmp, k0, V * W);
   }
 }
 
 template <typename T, int V>
 inline void lc_bi_faces(const tcdcn::cpu::LcGeom& g, const T* go_l, int64_t go_stride, const T* wtl, int64_t k0,
-                        T* gi, int64_t gi_stride, int64_t gi_base, int64_t n0, int64_t n1) {
+                        T* gi_l, int64_t gi_stride, int64_t n0, int64_t n1) {
   constexpr int R = rows_for(V);
   int64_t n = n0;
   for (; n + R <= n1; n += R)
-    lc_bi_tile<T, R, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi + n * gi_stride, gi_stride, gi_base);
+    lc_bi_tile<T, R, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi_l + n * gi_stride, gi_stride);
   for (; n < n1; ++n)
-    lc_bi_tile<T, 1, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi + n * gi_stride, gi_stride, gi_base);
+    lc_bi_tile<T, 1, V>(g, go_l + n * go_stride, go_stride, wtl, k0, gi_l + n * gi_stride, gi_stride);
 }
 
 template <typename T>
@@ -223,26 +253,29 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T*
   const int64_t k_full = (K / W) * W;
   const int64_t go_stride = L * C;
   const int64_t gi_stride = g.C_in * g.H * g.W;
-  for (int64_t l = 0; l < L; ++l) {
-    const T* wtl = wt + l * C * K;
-    const T* go_l = go + l * C;
-    const int64_t gb = g.gi_base(l);
-    for (int64_t k0 = 0; k0 < k_full;) {
-      const int64_t nv = (k_full - k0) / W;
-      const int V = nv >= 4 ? 4 : int(nv);
-      switch (V) {
-        case 4: lc_bi_faces<T, 4>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
-        case 3: lc_bi_faces<T, 3>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
-        case 2: lc_bi_faces<T, 2>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
-        default: lc_bi_faces<T, 1>(g, go_l, go_stride, wtl, k0, gi, gi_stride, gb, n0, n1); break;
+  for (int64_t nb = n0; nb < n1; nb += kFaceBlock) {
+    const int64_t ne = nb + kFaceBlock < n1 ? nb + kFaceBlock : n1;
+    for (int64_t l = 0; l < L; ++l) {
+      const T* wtl = wt + l * C * K;
+      const T* go_l = go + l * C;
+      T* gi_l = gi + g.gi_base(l);
+      for (int64_t k0 = 0; k0 < k_full;) {
+        const int64_t nv = (k_full - k0) / W;
+        const int V = nv >= 4 ? 4 : int(nv);
+        switch (V) {
+          case 4: lc_bi_faces<T, 4>(g, go_l, go_stride, wtl, k0, gi_l, gi_stride, nb, ne); break;
+          case 3: lc_bi_faces<T, 3>(g, go_l, go_stride, wtl, k0, gi_l, gi_stride, nb, ne); break;
+          case 2: lc_bi_faces<T, 2>(g, go_l, go_stride, wtl, k0, gi_l, gi_stride, nb, ne); break;
+          default: lc_bi_faces<T, 1>(g, go_l, go_stride, wtl, k0, gi_l, gi_stride, nb, ne); break;
+        }
+        k0 += V * W;
       }
-      k0 += V * W;
-    }
-    for (int64_t k = k_full; k < K; ++k) {  // taps that do not fill a vector
-      for (int64_t n = n0; n < n1; ++n) {
-        T acc = T(0);
-        for (int64_t co = 0; co < C; ++co) acc += go_l[n * go_stride + co] * wtl[co * K + k];
-        gi[n * gi_stride + gb + g.gi_off[k]] += acc;
+      for (int64_t k = k_full; k < K; ++k) {  // taps that do not fill a vector
+        for (int64_t n = nb; n < ne; ++n) {
+          T acc = T(0);
+          for (int64_t co = 0; co < C; ++co) acc += go_l[n * go_stride + co] * wtl[co * K + k];
+          lc_bi_add<T>(g, gi_l + n * gi_stride, &acc, k, 1);
+        }
       }
     }
   }

@@ -26,9 +26,12 @@ inline void vstore(T* p, typename VT<T>::vec v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
+// Broadcast. Written as `x - 0` because that is an IEEE identity (even for -0 and NaN) which compilers fold into
+// a single vbroadcast, from memory when x is a load; `0 + x` is not (0 + -0 = +0) and costs a scalar add on an
+// FMA port before every broadcast, and an element-wise fill loop compiles to masked inserts.
 template <typename T>
 inline typename VT<T>::vec vbcast(T x) {
-  return typename VT<T>::vec{} + x;
+  return x - typename VT<T>::vec{};
 }
 
 // Rows of faces held in registers for a tile of V vectors of output channels: accumulators R*V plus V weight

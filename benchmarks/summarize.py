@@ -1,0 +1,47 @@
+"""Summarise a pytest-benchmark JSON of bench_ops.py / bench_ops_cuda.py: median per row, sums over the four
+TCDCN layers, and the reference/ours ratios.
+
+    python benchmarks/summarize.py bench_ops.json [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def summarise(path: str) -> str:
+    data = json.load(open(path))
+    rows: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "layer" not in info:
+            continue
+        key = (info.get("device", "cpu"), info["mode"], info["n"], info["layer"])
+        rows[key][info["impl"]] = b["stats"]["median"]
+    lines = ["| device | mode | N | layer | ours (ms) | reference (ms) | ratio |", "|---|---|---|---|---|---|---|"]
+    totals: dict[tuple, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for key in sorted(rows):
+        r = rows[key]
+        if "ours" in r and "reference" in r:
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {1e3 * r['ours']:.3f} | "
+                         f"{1e3 * r['reference']:.3f} | {r['reference'] / r['ours']:.1f}x |")
+            for impl in ("ours", "reference"):
+                totals[key[:3]][impl] += r[impl]
+    for key in sorted(totals):
+        t = totals[key]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | **sum of 4 layers** | **{1e3 * t['ours']:.3f}** | "
+                     f"**{1e3 * t['reference']:.3f}** | **{t['reference'] / t['ours']:.1f}x** |")
+    mi = data.get("machine_info", {})
+    ci = data.get("commit_info", {})
+    lines.append("")
+    lines.append(f"torch {mi.get('torch')}, cpu_isa {mi.get('cpu_isa')}, gpu {mi.get('gpu')}, "
+                 f"commit {str(ci.get('id', ''))[:10]}{' (dirty)' if ci.get('dirty') else ''}, {data.get('datetime')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("json")
+    print(summarise(p.parse_args().json))
