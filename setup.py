@@ -166,6 +166,10 @@ def _extension():
         **kwargs,
     )
     ext._tcdcn_simd_sources = simd  # compiled separately by TcdcnBuildExtension
+    if with_cuda and extra_link and "cudart" in ext.libraries:
+        # CUDAExtension always adds -lcudart, which a pip toolkit (libcudart.so.<major> only) cannot resolve;
+        # the versioned file is linked by its full path instead (see _cuda_include_and_link).
+        ext.libraries.remove("cudart")
     return ext
 
 

@@ -557,3 +557,39 @@ def format_table(summary: Mapping[str, Any]) -> str:
             for name, v in sub.items():
                 lines.append(f"| {name} | {_fmt(value_name, v)} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model evaluation on a FaceSet (the CLI's core)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Run ``model`` (a :class:`tcdcn_ext.model.TCDCN`) on every face of ``faceset`` with its annotated box.
+
+    Returns ``(points [N, P, 2] in each image's pixel coordinates, {task: probabilities [N, C]})``.
+    """
+    import sys
+
+    import torch
+
+    from . import data as data_mod
+
+    n = len(faceset)
+    pts = np.empty((n, model.num_points, 2), np.float32)
+    probs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, n, batch_size):
+        sl = slice(i, min(i + batch_size, n))
+        x = model.preprocess(faceset.images[sl], faceset.boxes[sl])
+        out = model.predict(x)
+        pts[sl] = data_mod.from_box_frame(out["landmarks"].numpy(), faceset.boxes[sl])
+        for k, v in out.items():
+            if k != "landmarks":
+                probs.setdefault(k, []).append(v.numpy())
+        if progress:
+            sys.stderr.write(f"\revaluating {min(i + batch_size, n)}/{n} faces")
+            sys.stderr.flush()
+    if progress and n:
+        sys.stderr.write("\n")
+    del torch
+    return pts, {k: np.concatenate(v) for k, v in probs.items()}

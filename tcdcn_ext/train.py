@@ -87,6 +87,7 @@ class TrainConfig:
     zoom: tuple[float, float] = (0.9, 1.1)
     mirror: bool = True
     grad_clip: float = 10.0
+    balance_pose: float = 0.0  # 0: uniform sampling; 1: pose classes equally likely; 0.5: weights ~ 1/sqrt(freq)
     model: dict[str, Any] = field(default_factory=dict)  # TCDCNConfig overrides
     init_from: str | None = None  # warm start (transfer): load matching tensors from this checkpoint
     progress: bool = True
@@ -143,6 +144,17 @@ class _Batches:
                 {k: v[idx] for k, v in self.attributes.items()})
 
 
+def _epoch_order(tr: "_Batches", cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """The faces of one epoch: a permutation, or with ``balance_pose`` a weighted draw (with replacement) that
+    shows the rare profile poses more often (sampling weight ~ freq(pose) ** -balance_pose)."""
+    if cfg.balance_pose <= 0 or "pose" not in tr.attributes:
+        return rng.permutation(len(tr))
+    pose = tr.attributes["pose"]
+    freq = np.bincount(pose, minlength=5).astype(np.float64)
+    w = np.power(np.maximum(freq[pose], 1.0), -cfg.balance_pose)
+    return rng.choice(len(tr), size=len(tr), replace=True, p=w / w.sum())
+
+
 def _losses(model: TCDCN, out: dict[str, torch.Tensor], uv: torch.Tensor, attrs: dict[str, torch.Tensor],
             cfg: TrainConfig) -> dict[str, torch.Tensor]:
     s = model.input_size
@@ -180,8 +192,9 @@ def _evaluate(model: TCDCN, batches: _Batches, cfg: TrainConfig, x_cache: torch.
     return res
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) a training; returns the final summary. Writes into ``cfg.out_dir``:
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) a training; returns the final summary. ``stop_after`` ends this invocation after that
+    epoch (the schedule still spans ``cfg.epochs``; continue with ``resume=True``). Writes into ``cfg.out_dir``:
     ``checkpoint.pt`` (resume state), ``best.pt`` + ``best.json`` (best validation error, shippable weights),
     ``log.jsonl`` (one line per epoch), ``config.json``."""
     out_dir = Path(cfg.out_dir)
@@ -257,9 +270,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     uv_val = torch.from_numpy(data_mod.to_box_frame(va.landmarks, va.boxes).astype(np.float32))
     steps = max(1, math.ceil(len(tr) / cfg.batch_size))
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    for epoch in range(start_epoch, last_epoch):
         t0 = time.time()
-        order = rng.permutation(len(tr))
+        order = _epoch_order(tr, cfg, rng)
         sums = {k: 0.0 for k in ["landmarks", *cfg.aux_tasks]}
         bar = _Bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
         for it in range(steps):
@@ -353,10 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N faces (smoke tests)")
     p.add_argument("--max-shift", type=float, default=d.max_shift)
     p.add_argument("--max-rotate", dest="max_rotate_deg", type=float, default=d.max_rotate_deg)
+    p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LO", "HI"))
     p.add_argument("--no-mirror", dest="mirror", action="store_false")
+    p.add_argument("--balance-pose", type=float, default=d.balance_pose, help="oversample rare head poses: "
+                   "sampling weight ~ freq(pose)^-B (0 = off, 1 = balanced)")
     p.add_argument("--model-json", default="{}", help='TCDCNConfig overrides, e.g. \'{"feature_dim": 256}\'')
     p.add_argument("--init-from", default=None, help="warm start from a checkpoint (heads are re-initialised)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (resume later)")
     p.add_argument("--quiet", dest="progress", action="store_false")
     return p
 
@@ -366,10 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     kw = vars(args).copy()
     resume = kw.pop("resume")
+    stop_after = kw.pop("stop_after")
     kw["aux_tasks"] = tuple(t for t in kw["aux_tasks"].split(",") if t)
     kw["model"] = json.loads(kw.pop("model_json"))
     cfg = TrainConfig(**kw)
-    summary = train(cfg, resume=resume)
+    summary = train(cfg, resume=resume, stop_after=stop_after)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -79,7 +79,7 @@ def test_backward_matches_cpu_tcdcn_shapes(layer, n):
     want = OPS._lc_conv2d_backward(go, x, w, [1, 1], [0, 0], [True, True, True])
     got = OPS._lc_conv2d_backward(*_cuda(go, x, w), [1, 1], [0, 0], [True, True, True])
     for name, g_cuda, g_cpu in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
-        assert g_cuda.is_cuda and g_cuda.is_contiguous(), name
+        assert g_cuda.device.type == CUDA and g_cuda.is_contiguous(), name
         assert g_cuda.shape == g_cpu.shape, name
         # grad_weight / grad_bias sum over n faces: scale the tolerance with the size of the sum.
         scale = max(1.0, float(g_cpu.abs().max()))
@@ -95,7 +95,7 @@ def test_backward_output_mask_matches_cpu(mask):
     got = OPS._lc_conv2d_backward(*_cuda(go, x, w), [2, 1], [1, 0], list(mask))
     for flag, g_cuda, g_cpu in zip(mask, got, want):
         if not flag:
-            assert g_cuda.shape == (0,) and g_cuda.is_cuda
+            assert g_cuda.shape == (0,) and g_cuda.device.type == CUDA
             continue
         scale = max(1.0, float(g_cpu.abs().max()))
         torch.testing.assert_close(g_cuda.cpu(), g_cpu, rtol=2e-4, atol=2e-5 * scale)
@@ -251,7 +251,7 @@ def test_empty_batch():
     x, w, b = _make(0, 3, 6, 6, 3, 4, seed=18)
     xc, wc, bc = (t.to(CUDA).requires_grad_(True) for t in (x, w, b))
     out = ops.lc_conv2d(xc, wc, bc)
-    assert out.shape == (0, 4, 4, 4) and out.is_cuda
+    assert out.shape == (0, 4, 4, 4) and out.device.type == CUDA
     assert out.stride() == ops.lc_conv2d(x, w, b).stride()
     out.sum().backward()
     assert xc.grad.shape == xc.shape

@@ -239,3 +239,14 @@ def test_no_two_sources_share_a_stem():
             assert f.stem not in stems, f"{f} and {stems[f.stem]} share the stem {f.stem!r}"
             stems[f.stem] = f
     assert len(stems) >= 8
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_zero_input_channels_gives_bias_and_its_gradient(device):
+    x = torch.randn(3, 0, 5, 5, device=device)
+    w = torch.randn(3, 3, 0, 3, 3, 4, device=device)
+    b = torch.randn(4, 3, 3, device=device, requires_grad=True)
+    out = ops.lc_conv2d(x, w, b)
+    torch.testing.assert_close(out, b.detach().expand(3, -1, -1, -1))
+    (gb,) = torch.autograd.grad(out, (b,), torch.ones_like(out))
+    torch.testing.assert_close(gb, torch.full_like(gb, 3.0))

@@ -117,7 +117,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
   if (s.N == 0 || s.C_out == 0 || s.K() == 0) {
     if (output_mask[0]) gi = at::zeros(input.sizes(), opts);
     if (output_mask[1]) gw.zero_();
-    at::Tensor gb = output_mask[2] ? at::zeros({s.C_out, s.H_out, s.W_out}, opts) : gb_lc;
+    // With no taps (C_in == 0) the output is the bias alone, so grad_bias is still the sum over faces.
+    at::Tensor gb = output_mask[2] ? grad_output.sum(0).contiguous() : gb_lc;
     return {gi, gw, gb};
   }
   const at::Tensor x = pad_input(input, s);

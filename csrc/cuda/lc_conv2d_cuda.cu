@@ -459,7 +459,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cuda(const at:
   if (sh.N == 0 || sh.C_out == 0 || sh.K() == 0) {
     if (output_mask[0]) gi.zero_();
     if (output_mask[1]) gw.zero_();
-    if (output_mask[2]) gb.zero_();
+    // With no taps (C_in == 0) the output is the bias alone, so grad_bias is still the sum over faces.
+    if (output_mask[2]) gb.copy_(grad_output.sum(0));
     return {gi, gw, gb};
   }
   // [N, L, C_out] rows, the layout the kernels read grad_output in.

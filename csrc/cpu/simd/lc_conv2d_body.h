@@ -75,7 +75,7 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
   const int64_t c_full = (C / W) * W;
   const int64_t out_stride = L * C;
   const int64_t wl_bytes = K * C * int64_t(sizeof(T));
-  const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / wl_bytes;
+  const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / (wl_bytes > 0 ? wl_bytes : 1);
   const T zeros[4 * W] = {};
   for (int64_t lc0 = l0; lc0 < l1; lc0 += chunk) {
     const int64_t lc1 = lc0 + chunk < l1 ? lc0 + chunk : l1;
