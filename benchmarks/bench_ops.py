@@ -97,3 +97,16 @@ def test_abs_tanh(benchmark, threads, impl):
     benchmark.group = "abs_tanh 256x16x36x36 (1 thread)"
     benchmark.extra_info.update(impl=impl, threads=1)
     benchmark.pedantic(fn, args=(x,), rounds=20, warmup_rounds=2, iterations=1)
+
+
+def test_weight_read_bound(benchmark, threads):
+    """The floor for batch-1 latency: streaming the four layers' fp32 weights (13.4 MB) once on one core."""
+    torch.set_num_threads(1)
+    total = 0
+    for c_in, h, k, c_out in LAYERS.values():
+        total += (h - k + 1) ** 2 * c_in * k * k * c_out
+    buf = torch.randn(total)
+    benchmark.group = "lc_forward N=1"
+    benchmark.extra_info.update(layer="all", n=1, impl="read 13.4 MB of weights (torch.sum)", mode="bound",
+                                threads=1, bytes=buf.numel() * 4)
+    benchmark.pedantic(buf.sum, rounds=50, warmup_rounds=5, iterations=1)

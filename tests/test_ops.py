@@ -250,3 +250,40 @@ def test_zero_input_channels_gives_bias_and_its_gradient(device):
     torch.testing.assert_close(out, b.detach().expand(3, -1, -1, -1))
     (gb,) = torch.autograd.grad(out, (b,), torch.ones_like(out))
     torch.testing.assert_close(gb, torch.full_like(gb, 3.0))
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(n=st.integers(0, 5), c_in=st.integers(0, 5), c_out=st.integers(1, 20), h=st.integers(1, 9),
+       w=st.integers(1, 9), k=st.integers(1, 4), s=st.integers(1, 3), p=st.integers(0, 2),
+       bias=st.booleans(), channels_last=st.booleans(), isa=st.sampled_from(ops.cpu_isas_supported()))
+def test_lc_conv2d_property_random_shapes(n, c_in, c_out, h, w, k, s, p, bias, channels_last, isa):
+    """Any geometry either matches the reference (values and gradients) or raises a clear error."""
+    x = torch.randn(n, c_in, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ho, wo = ops.lc_output_size((h, w), k, s, p)
+    if ho < 1 or wo < 1:
+        wt = torch.randn(1, 1, c_in, k, k, c_out, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="smaller than|gives"):
+            ops.lc_conv2d(x, wt, None, s, p)
+        return
+    wt = torch.randn(ho, wo, c_in, k, k, c_out, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c_out, ho, wo, dtype=torch.float64, requires_grad=True) if bias else None
+    x.requires_grad_(True)
+    with ops.use_cpu_isa(isa):
+        out = ops.lc_conv2d(x, wt, b, s, p)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, [t for t in (x, wt, b) if t is not None], g, allow_unused=True)
+    want_out = ref.lc_conv2d(x, wt, b, s, p)
+    want = torch.autograd.grad(want_out, [t for t in (x, wt, b) if t is not None], g, allow_unused=True)
+    torch.testing.assert_close(out, want_out)
+    for a, e in zip(got, want):
+        if e is None:
+            assert a is None or torch.count_nonzero(a) == 0
+        else:
+            torch.testing.assert_close(a, e)
