@@ -564,7 +564,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True) -> tuple[np.ndarray, dict]:
+def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True,
+                    mirror_average: bool = False) -> tuple[np.ndarray, dict]:
     """Run ``model`` (a :class:`tcdcn_ext.model.TCDCN`) on every face of ``faceset`` with its annotated box.
 
     Returns ``(points [N, P, 2] in each image's pixel coordinates, {task: probabilities [N, C]})``.
@@ -581,7 +582,7 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
     for i in range(0, n, batch_size):
         sl = slice(i, min(i + batch_size, n))
         x = model.preprocess(faceset.images[sl], faceset.boxes[sl])
-        out = model.predict(x)
+        out = model.predict(x, mirror_average=mirror_average)
         pts[sl] = data_mod.from_box_frame(out["landmarks"].numpy(), faceset.boxes[sl])
         for k, v in out.items():
             if k != "landmarks":

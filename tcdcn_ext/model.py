@@ -143,8 +143,26 @@ class TCDCN(nn.Module):
         s = self.config.input_size
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != s or x.shape[3] != s:
             raise ValueError(f"TCDCN: expected input Tensor[N, 1, {s}, {s}], got shape {tuple(x.shape)}")
-        h = self.conv(x)
+        if torch.is_grad_enabled() or self.training:
+            h = self.conv(x)
+        else:
+            h = self._conv_inference(x)
         return self.drop(self.act(self.fc(h.flatten(1))))
+
+    def _conv_inference(self, h: Tensor) -> Tensor:
+        """The conv stack with each locally connected layer and its |tanh| fused into one op (no grad)."""
+        layers = list(self.conv)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if (isinstance(layer, LocallyConnected2d) and i + 1 < len(layers)
+                    and isinstance(layers[i + 1], AbsTanh)):
+                h = ops.lc_conv2d_abs_tanh(h, layer.weight, layer.bias, layer.stride, layer.padding)
+                i += 2
+            else:
+                h = layer(h)
+                i += 1
+        return h
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         f = self.features(x)
@@ -171,19 +189,42 @@ class TCDCN(nn.Module):
         return torch.from_numpy(data.make_inputs(list(images), boxes, self.config.input_size))
 
     @torch.inference_mode()
-    def predict(self, x: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
-        """Forward in eval mode, in batches: landmarks (box frame) and aux-task probabilities (softmax)."""
+    def predict(self, x: Tensor, batch_size: int = 1024, mirror_average: bool = False) -> dict[str, Tensor]:
+        """Forward in eval mode, in batches: landmarks (box frame) and aux-task probabilities (softmax).
+
+        ``mirror_average``: also run the horizontally mirrored input and average the two predictions (the mirror
+        maps ``u -> 1 - u`` exactly, left/right points are swapped back and the pose bins reversed).
+        """
         was_training = self.training
         self.eval()
         try:
             outs: dict[str, list[Tensor]] = {}
             for i in range(0, max(len(x), 1), batch_size):
-                o = self(x[i:i + batch_size])
+                xb = x[i:i + batch_size]
+                o = {k: (v if k == "landmarks" else F.softmax(v, dim=1)) for k, v in self(xb).items()}
+                if mirror_average:
+                    o = self._average_with_mirror(o, xb)
                 for k, v in o.items():
-                    outs.setdefault(k, []).append(v if k == "landmarks" else F.softmax(v, dim=1))
+                    outs.setdefault(k, []).append(v)
             return {k: torch.cat(v) for k, v in outs.items()}
         finally:
             self.train(was_training)
+
+    def _average_with_mirror(self, o: dict[str, Tensor], xb: Tensor) -> dict[str, Tensor]:
+        from .data import MIRROR_5, MIRROR_68, POSE_MIRROR
+
+        perm = {5: MIRROR_5, 68: MIRROR_68}.get(self.num_points)
+        if perm is None:
+            raise ValueError(f"mirror averaging needs a left/right permutation for {self.num_points} points")
+        m = {k: (v if k == "landmarks" else F.softmax(v, dim=1)) for k, v in self(xb.flip(-1)).items()}
+        lm = m["landmarks"][:, list(perm)].clone()
+        lm[..., 0] = 1.0 - lm[..., 0]
+        res = {"landmarks": 0.5 * (o["landmarks"] + lm)}
+        for k, v in o.items():
+            if k != "landmarks":
+                mv = m[k][:, list(POSE_MIRROR)] if k == "pose" else m[k]
+                res[k] = 0.5 * (v + mv)
+        return res
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""The whole 5-point TCDCN forward: ours (custom ops, fused lc_conv2d+|tanh| in inference) vs the same network and
+weights run with the pure-PyTorch reference ops (F.unfold + einsum, tanh().abs()), in the same run.
+
+Rows: batch 1 on one thread (latency; the paper: 17 ms per face on a 2014 CPU) and batch 256 on every thread
+(throughput). extra_info holds per-face milliseconds and the ratio to the paper's 17 ms.
+
+    pytest benchmarks/bench_model.py --benchmark-json=bench_model.json
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tcdcn_ext import _reference as ref
+from tcdcn_ext.model import TCDCN, load_model, shipped_models
+from tcdcn_ext.nn import AbsTanh, LocallyConnected2d
+
+PAPER_CPU_MS = 17.0
+
+
+def _model() -> TCDCN:
+    return load_model("5pt") if "5pt" in shipped_models() else TCDCN().eval()
+
+
+def reference_forward(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
+    """The model's landmarks computed with the reference ops only."""
+    h = x
+    for layer in model.conv:
+        if isinstance(layer, LocallyConnected2d):
+            h = ref.lc_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
+        elif isinstance(layer, AbsTanh):
+            h = ref.abs_tanh(h)
+        else:
+            h = layer(h)
+    f = ref.abs_tanh(F.linear(h.flatten(1), model.fc.weight, model.fc.bias))
+    return model.landmark_head(f).view(-1, model.num_points, 2)
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("impl", ["ours", "reference"])
+@pytest.mark.parametrize("n", [1, 256])
+def test_model_forward(benchmark, threads, n, impl):
+    torch.set_num_threads(1 if n == 1 else torch.get_num_threads())
+    model = _model()
+    x = torch.randn(n, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x)["landmarks"], reference_forward(model, x), rtol=1e-4, atol=1e-4)
+
+    def run():
+        with torch.inference_mode():
+            return model(x)["landmarks"] if impl == "ours" else reference_forward(model, x)
+
+    benchmark.group = f"TCDCN 5-point forward, N={n}"
+    benchmark.extra_info.update(layer="model", n=n, impl=impl, mode="model forward", threads=torch.get_num_threads())
+    benchmark.pedantic(run, rounds=100 if n == 1 else 10, warmup_rounds=3, iterations=1)
+    per_face_ms = 1e3 * benchmark.stats.stats.median / n
+    benchmark.extra_info.update(per_face_ms=per_face_ms, faces_per_s=1e3 / per_face_ms,
+                                speedup_vs_paper_17ms=PAPER_CPU_MS / per_face_ms)
