@@ -7,8 +7,8 @@ End to end: every 128x128 test crop is given as a whole image; yuface detects th
 detection that overlaps the annotated box most (IoU >= 0.3) is the face's detection (none: a miss). Rows
 ``detector_*_1pass``: one landmark pass in the uncalibrated / calibrated detector box (:mod:`tcdcn_ext.detect`);
 ``pipeline_*``: the whole ``Aligner(image)`` call (detection, calibration, re-boxing from the landmarks, averaging);
-``annotated_box*``: the landmark step alone in the annotated box, for reference. Error: mean point error over the inter-ocular distance; failure: error > 10 %; ``failure_with_misses``
-counts undetected faces as failures. Writes ``benchmarks/results/end_to_end_5pt.json``.
+``annotated_box*``: the landmark step alone in the annotated box, for reference. Error: mean point error over the
+inter-ocular distance; failure: error > 10 %; ``failure_with_misses`` counts undetected faces as failures. Writes ``benchmarks/results/end_to_end_5pt.json``.
 
 Jitter: the bundled astronaut photo repeated 60 times with random sub-pixel shifts (+-0.25 px) and pixel noise
 (sigma 2 grey levels); frame-to-frame landmark motion with detection on every frame, with tracking, and with
@@ -122,7 +122,8 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     return {
         "split": "mtfl/test", "faces": n, "detected": int(found.sum()), "detection_rate": float(found.mean()),
         "detector": "yuface (min_score 0.5, best-IoU match with the annotated box, IoU >= 0.3)",
-        "calibration_method": CALIBRATION_5PT["method"], "calibration": {k: v for k, v in CALIBRATION_5PT.items() if k != "report"},
+        "calibration_method": CALIBRATION_5PT["method"],
+        "calibration": {k: v for k, v in CALIBRATION_5PT.items() if k != "report"},
         "detection_seconds": round(t_det, 1), "rows": rows,
         "peers_full_pipeline (FACTS.md)": {"MTCNN": 0.0739, "MediaPipe": 0.0652},
     }

@@ -35,18 +35,42 @@ def _check_torch_version() -> None:
 _check_torch_version()
 
 from . import ops  # noqa: E402
+from .model import TCDCN, TCDCNConfig, WeightsError, load_model  # noqa: E402
 from .nn import AbsTanh, LocallyConnected2d  # noqa: E402
 from .ops import abs_tanh, cpu_isa, lc_conv2d, lc_conv2d_abs_tanh  # noqa: E402
 
 __version__ = "0.1.0"
 
+# The Aligner and its result types import OpenCV and the detector: loaded on first use, so that `import tcdcn_ext`
+# (the operators alone) needs only torch.
+_LAZY = {"Aligner": "aligner", "Face": "aligner", "Attribute": "aligner", "ImageError": "aligner"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tcdcn_ext' has no attribute {name!r}")
+
+
 __all__ = [
     "AbsTanh",
+    "Aligner",
+    "Attribute",
+    "Face",
+    "ImageError",
     "LocallyConnected2d",
+    "TCDCN",
+    "TCDCNConfig",
+    "WeightsError",
     "abs_tanh",
     "cpu_isa",
     "lc_conv2d",
     "lc_conv2d_abs_tanh",
+    "load_model",
     "ops",
     "__version__",
 ]

@@ -1,0 +1,631 @@
+"""High-level face alignment: detect faces, place the landmarks, read the auxiliary attributes.
+
+::
+
+    from tcdcn_ext.aligner import Aligner
+    aligner = Aligner()                            # shipped 5-point model, CPU, yuface detector if installed
+    faces = aligner("photo.jpg")                   # list[Face]
+    faces = aligner(bgr_array, color="bgr")        # OpenCV images: say so, the colour order is never guessed
+    faces = aligner.align(rgb_array, boxes=[(x0, y0, x1, y1)])      # your own boxes, no detection
+    per_image = aligner.align_batch([img1, img2])  # all faces of all images in one forward pass
+
+Coordinates are image pixels, 0-based, pixel centres (the centre of the top-left pixel is ``(0, 0)``), the
+convention of :mod:`tcdcn_ext.data` and of OpenCV. Boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
+
+Inputs (``image``):
+
+* a path (``str`` / ``os.PathLike``) to an image file OpenCV can decode, 8 bits per channel. The EXIF orientation
+  is applied (as ``cv2.imread`` and image viewers do), so coordinates refer to the image as it is displayed;
+* a numpy ``uint8`` array ``[H, W]`` (grey), ``[H, W, 1]``, ``[H, W, 3]`` (``color="rgb"`` or ``"bgr"``) or
+  ``[H, W, 4]`` (``color="rgba"`` or ``"bgra"``; alpha is ignored);
+* a PIL image (duck-typed, PIL is not required): its mode says what it holds, ``color`` is not used;
+* a torch tensor, **channels first** (torchvision's convention): ``[C, H, W]`` with ``C`` in 1, 3, 4 or ``[H, W]``,
+  ``uint8`` (0-255) or floating point in ``[0, 1]``; ``color`` gives the channel order as for arrays. A tensor
+  whose first and last dimensions could both be the channels (e.g. ``[3, H, 3]``) is rejected as ambiguous, one
+  that looks channels-last is rejected with a hint, NaN/inf or out-of-range floats are rejected.
+
+Anything else, an unreadable or truncated file, a directory, an empty or 16-bit image, or a ``color`` that does not
+fit the array raises :class:`ImageError` (a ``ValueError``) naming the input. An image without faces gives ``[]``.
+
+Thread safety: an :class:`Aligner` may be shared by threads. Calls keep all their state in local variables; the
+model is only read (eval mode, ``torch.inference_mode``); the built-in detector serialises its own calls with a lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+
+from . import data
+from .detect import CALIBRATION_5PT, Detections, DetectorError, calibrate_boxes, resolve_detector
+from .model import TCDCN, WeightsError, load_model
+
+__all__ = ["ATTRIBUTE_LABELS", "DEFAULT_SHIFTS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
+
+Color = Literal["rgb", "bgr", "rgba", "bgra"]
+ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
+
+_COLORS = ("rgb", "bgr", "rgba", "bgra")
+
+#: Class names of the auxiliary tasks, in the model's class order (the staged data's 0-based codes).
+ATTRIBUTE_LABELS: dict[str, tuple[str, ...]] = {
+    "pose": tuple(data.POSE_NAMES),
+    "gender": ("male", "female"),
+    "glasses": ("no_glasses", "glasses"),
+    "smile": ("not_smiling", "smiling"),
+}
+
+
+def _ring(n: int, r: float, phase: float = 0.0) -> np.ndarray:
+    a = phase + 2 * np.pi * np.arange(n) / n
+    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+
+
+#: Box translations of TCDCN-Averaged (fractions of the box width/height): 20 shifts, 8 on a ring of radius 3 %
+#: and 12 on a ring of 6 % of the box side. Symmetric, so the mean shift is zero.
+DEFAULT_SHIFTS: np.ndarray = np.concatenate([_ring(8, 0.03), _ring(12, 0.06, np.pi / 12)]).astype(np.float64)
+
+#: Smallest accepted image side: a face needs more pixels than this.
+MIN_SIDE = 8
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message names the input and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One auxiliary task's answer: the most likely ``label``, its ``probability`` and every class's probability."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "probability": self.probability, "probabilities": dict(self.probabilities)}
+
+
+@dataclass(frozen=True, eq=False)
+class Face:
+    """A face: ``box`` ``(x0, y0, x1, y1)`` (the detector's box, or the box you gave), detector ``score`` in
+    ``[0, 1]`` (1.0 for given boxes), ``landmarks`` float32 ``[P, 2]`` image pixels (read-only; 5-point order:
+    :data:`tcdcn_ext.data.LANDMARK_NAMES_5`) and ``attributes`` (pose, gender, glasses, smile; ``{}`` when the model
+    has no auxiliary heads). Equality compares all fields (landmarks exactly)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+    attributes: dict[str, Attribute] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Face):
+            return NotImplemented
+        return (self.box == other.box and self.score == other.score and self.attributes == other.attributes
+                and np.array_equal(self.landmarks, other.landmarks))
+
+    __hash__ = None  # type: ignore[assignment]  (holds an array)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: plain floats and lists."""
+        return {
+            "box": [float(v) for v in self.box],
+            "score": float(self.score),
+            "landmarks": [[float(x), float(y)] for x, y in self.landmarks.tolist()],
+            "attributes": {k: a.to_dict() for k, a in self.attributes.items()},
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Images
+
+
+class _Pixels:
+    """A validated 8-bit image without copies: ``array`` uint8 ``[H, W]`` or ``[H, W, C>=3]`` (alpha ignored) and
+    its channel ``order``: ``"grey"``, ``"rgb"`` or ``"bgr"``."""
+
+    __slots__ = ("array", "order")
+
+    def __init__(self, array: np.ndarray, order: str) -> None:
+        self.array, self.order = array, order
+
+    @property
+    def height(self) -> int:
+        return self.array.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.array.shape[1]
+
+    def rgb(self) -> np.ndarray:
+        """The full image as contiguous uint8 RGB ``[H, W, 3]``."""
+        import cv2
+
+        a = self.array
+        if self.order == "grey":
+            return cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_GRAY2RGB)
+        a = np.ascontiguousarray(a[:, :, :3])
+        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB) if self.order == "bgr" else a
+
+    def grey_region(self, x0: int, y0: int, x1: int, y1: int, scale: float = 1.0) -> np.ndarray:
+        """float32 grey ``[h, w]`` of rows ``y0:y1``, columns ``x0:x1`` (inside the image), shrunk by ``scale``
+        (``INTER_AREA``, on the 8-bit pixels) when ``scale < 1``; ITU-R 601 weights as :func:`tcdcn_ext.data.grey`.
+
+        The grey conversion is done on 8-bit pixels (OpenCV's fixed point, rounded to integer levels) rather than
+        in float: it is several times faster, and the rounding (<= 0.5 grey level) is far below JPEG noise.
+        """
+        import cv2
+
+        a = self.array[y0:y1, x0:x1]
+        if self.order != "grey":
+            a = a[:, :, :3]
+        if a.strides[-1] != a.itemsize or (a.ndim == 3 and a.strides[1] != a.shape[2] * a.itemsize):
+            a = np.ascontiguousarray(a)  # OpenCV takes row-strided views, but not strided pixels/channels
+        if scale < 1.0:
+            w, h = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+            a = cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+        if self.order != "grey":
+            a = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY if self.order == "bgr" else cv2.COLOR_RGB2GRAY)
+        return a.astype(np.float32)
+
+
+def _describe(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fspath(image))
+    if isinstance(image, np.ndarray):
+        return f"numpy array {image.dtype}{list(image.shape)}"
+    if isinstance(image, torch.Tensor):
+        return f"tensor {str(image.dtype).replace('torch.', '')}{list(image.shape)}"
+    return f"{type(image).__name__} object"
+
+
+def _check_color(color: str) -> None:
+    if color not in _COLORS:
+        raise ImageError(f"color must be one of {_COLORS}, got {color!r}")
+
+
+def _from_array(a: np.ndarray, color: str, name: str) -> _Pixels:
+    if a.dtype != np.uint8:
+        if a.dtype in (np.uint16, np.int16):
+            raise ImageError(f"{name}: 16-bit images are not supported; convert to 8 bits per channel (uint8)")
+        raise ImageError(f"{name}: expected a uint8 image, got dtype {a.dtype} (floats: (x * 255).round()"
+                         ".astype(np.uint8) for values in [0, 1])")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        pix = _Pixels(a, "grey")
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        c = a.shape[2]
+        if c == 3 and color not in ("rgb", "bgr"):
+            raise ImageError(f"{name}: a 3-channel image needs color='rgb' or 'bgr', got color={color!r}")
+        if c == 4 and color not in ("rgba", "bgra"):
+            raise ImageError(f"{name}: a 4-channel image needs color='rgba' or 'bgra' (alpha is ignored), "
+                             f"got color={color!r}")
+        pix = _Pixels(a, color[:3])
+    else:
+        raise ImageError(f"{name}: expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape "
+                         f"{list(a.shape)}")
+    if min(a.shape[0], a.shape[1]) < MIN_SIDE:
+        what = "empty" if a.size == 0 else "too small"
+        raise ImageError(f"{name}: image is {what} ({a.shape[1]}x{a.shape[0]} pixels; at least "
+                         f"{MIN_SIDE}x{MIN_SIDE} needed)")
+    return pix
+
+
+def _from_tensor(t: torch.Tensor, color: str, name: str) -> _Pixels:
+    t = t.detach()
+    if t.dim() == 3:
+        first, last = t.shape[0], t.shape[2]
+        if first in (1, 3, 4) and last in (1, 3, 4):
+            raise ImageError(f"{name}: ambiguous tensor shape {list(t.shape)}: the channels could be first or last; "
+                             "tensors must be [C, H, W]")
+        if first not in (1, 3, 4):
+            hint = " (it looks channels-last: pass t.permute(2, 0, 1))" if last in (1, 3, 4) else ""
+            raise ImageError(f"{name}: tensors must be [C, H, W] with C in 1, 3, 4 or [H, W], got shape "
+                             f"{list(t.shape)}{hint}")
+    elif t.dim() != 2:
+        raise ImageError(f"{name}: tensors must be [C, H, W] or [H, W], got shape {list(t.shape)}")
+    if t.dtype == torch.uint8:
+        a = t.cpu().numpy()
+    elif t.is_floating_point():
+        f = t.float().cpu()
+        if not bool(torch.isfinite(f).all()):
+            raise ImageError(f"{name}: tensor holds NaN or infinite values")
+        lo, hi = (float(f.min()), float(f.max())) if f.numel() else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(f"{name}: float tensors must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] "
+                             "(uint8 tensors hold 0-255)")
+        a = (f * 255.0).round_().to(torch.uint8).numpy()
+    else:
+        raise ImageError(f"{name}: tensor dtype must be uint8 or floating point in [0, 1], got {t.dtype}")
+    if a.ndim == 3:
+        a = a.transpose(1, 2, 0)  # a view: [H, W, C]
+    return _from_array(a, color, name)
+
+
+def _from_pil(img: Any, name: str) -> _Pixels:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        raise ImageError(f"{name}: PIL mode {mode!r} (16/32-bit) is not supported; convert to 8 bits ('L' or 'RGB')")
+    if mode not in ("L", "RGB", "RGBA"):
+        img, mode = img.convert("RGB"), "RGB"
+    a = np.asarray(img)
+    return _from_array(a, {"L": "rgb", "RGB": "rgb", "RGBA": "rgba"}[mode], name)
+
+
+def _from_file(path: Path, name: str) -> _Pixels:
+    import cv2
+
+    if path.is_dir():
+        raise ImageError(f"{name}: is a directory, not an image file")
+    if not path.exists():
+        raise ImageError(f"{name}: no such file")
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot be read ({exc})") from exc
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    # IMREAD_COLOR applies the EXIF orientation; ANYDEPTH keeps 16-bit files 16-bit so they can be refused rather
+    # than silently truncated.
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None:
+        raise ImageError(f"{name}: not a decodable image, or the file is truncated/corrupt")
+    if img.dtype != np.uint8:
+        raise ImageError(f"{name}: {img.dtype.itemsize * 8}-bit images are not supported; "
+                         "convert to 8 bits per channel")
+    return _from_array(img, "bgr", name)
+
+
+def _to_pixels(image: ImageLike, color: str, name: str | None = None) -> _Pixels:
+    _check_color(color)
+    label = name or _describe(image)
+    if isinstance(image, (str, os.PathLike)):
+        return _from_file(Path(image), label)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, color, label)
+    if isinstance(image, torch.Tensor):
+        return _from_tensor(image, color, label)
+    if hasattr(image, "mode") and hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image, duck-typed
+        return _from_pil(image, label)
+    raise ImageError(f"{label}: unsupported image type; pass a path, a numpy uint8 array, a PIL image or a "
+                     "torch tensor")
+
+
+def load_image(image: ImageLike, color: Color = "rgb") -> np.ndarray:
+    """Any accepted input (see the module docstring) -> uint8 RGB ``[H, W, 3]``; :class:`ImageError` if unusable."""
+    return _to_pixels(image, color).rgb()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model inputs
+
+
+#: Face boxes larger than this many input sides are shrunk (``INTER_AREA``) to ``2 S`` before resampling.
+_SHRINK_ABOVE = 3.0
+
+
+def _face_inputs(pix: _Pixels, box: np.ndarray, shifts: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the inputs of one face for each box shift into ``out`` (float32 ``[K, S, S]``, zeros, C-contiguous; not
+    yet standardised); return the shifted boxes ``[K, 4]``.
+
+    Only the region around the face is read. A face box larger than ``3 S`` pixels is first shrunk with
+    ``INTER_AREA`` to ``2 S``: the training crops had boxes of about ``2 S`` (80 px for ``S = 40``, area-resized from
+    the originals), so this reproduces their sampling instead of aliasing a large face through a bilinear
+    ``S x S`` grid; up to ``3 S`` the bilinear grid alone is used (a bilinear step of <= 3 pixels).
+    """
+    import cv2
+
+    size = out.shape[-1]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    if len(shifts) == 1 and not shifts.any():
+        boxes = np.array([[x0, y0, x1, y1]])
+        lo_x, lo_y, hi_x, hi_y = x0, y0, x1, y1
+    else:
+        boxes = np.array([[x0, y0, x1, y1]]) + shifts[:, [0, 1, 0, 1]] * np.array([bw, bh, bw, bh])
+        lo_x, lo_y = float(boxes[:, 0].min()), float(boxes[:, 1].min())
+        hi_x, hi_y = float(boxes[:, 2].max()), float(boxes[:, 3].max())
+    side = max(bw, bh)
+    f = 2.0 * size / side if side > _SHRINK_ABOVE * size else 1.0
+    pad = 2.0 / f + 1.0  # room for the bilinear / area kernels at the region's edge
+    rx0, ry0 = max(0, math.floor(lo_x - pad)), max(0, math.floor(lo_y - pad))
+    rx1, ry1 = min(pix.width, math.ceil(hi_x + pad) + 1), min(pix.height, math.ceil(hi_y + pad) + 1)
+    if rx1 <= rx0 or ry1 <= ry0:  # the face lies outside the image: an all-black input
+        return boxes
+    region = pix.grey_region(rx0, ry0, rx1, ry1, f)
+    fx, fy = region.shape[1] / (rx1 - rx0), region.shape[0] / (ry1 - ry0)
+    for k, (bx0, by0, bx1, by1) in enumerate(boxes.tolist()):
+        # Image pixel x -> region pixel (x - rx0 + 0.5) fx - 0.5 -> input pixel (pixel centres on every side; see
+        # data.box_to_input_matrix).
+        sx, sy = size / ((bx1 - bx0) * fx), size / ((by1 - by0) * fy)
+        ox, oy = (bx0 - rx0 + 0.5) * fx - 0.5, (by0 - ry0 + 0.5) * fy - 0.5
+        m = np.array([[sx, 0.0, -ox * sx - 0.5], [0.0, sy, -oy * sy - 0.5]])
+        cv2.warpAffine(region, m, (size, size), dst=out[k], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0.0)
+    return boxes
+
+
+def _standardise(x: np.ndarray, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch ``(p - mean) / (std + eps)`` of float32 ``[N, S, S]``, in place, returned as a tensor (as
+    :func:`tcdcn_ext.data.normalise`, which accumulates in float64; float32 here differs by ~1e-6; the sum of squares
+    by ``einsum`` is 6x faster than ``torch.std`` on one thread)."""
+    flat = x.reshape(len(x), -1)
+    flat -= flat.mean(axis=1, keepdims=True)
+    flat /= (np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1]) + eps)[:, None]
+    return torch.from_numpy(x)
+
+
+def _valid_boxes(boxes: Any, name: str) -> np.ndarray:
+    try:
+        b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name}: boxes must be [N, 4] (x0, y0, x1, y1), got {boxes!r}") from exc
+    bad = ~np.all(np.isfinite(b), axis=1) | ~(b[:, 2] > b[:, 0]) | ~(b[:, 3] > b[:, 1])
+    if bad.any():
+        raise ValueError(f"{name}: invalid boxes (need finite x0 < x1, y0 < y1): {b[bad][:3].tolist()}")
+    return b
+
+
+@dataclass
+class _Job:
+    """One image's work inside a call (local to the call: nothing here is shared between threads)."""
+
+    pixels: _Pixels
+    model_boxes: np.ndarray  # [F, 4] the boxes the model sees
+    report_boxes: np.ndarray  # [F, 4] the boxes reported in Face.box
+    scores: np.ndarray  # [F]
+    refine: bool = False  # re-box from the landmarks (detected faces)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aligner
+
+
+class Aligner:
+    """Face detector + TCDCN landmarks and attributes (see the module docstring for inputs and coordinates).
+
+    Args:
+        points: 5 (the MTFL model) or 68 (only when a 68-point model is shipped).
+        device: torch device of the model; ``"cpu"`` by default.
+        averaged: TCDCN-Averaged: average the landmarks over shifted copies of each box (``shifts``).
+        detector: ``"auto"`` (yuface if installed, else none), ``"yuface"``, ``"none"``, or a callable
+            ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` | ``(boxes, scores, points [N, 5, 2])``.
+        min_score: detector confidence threshold in ``[0, 1]``.
+        calibrate: map yuface's boxes to the model's box convention (:mod:`tcdcn_ext.detect`); ignored for other
+            detectors and for boxes you pass.
+        model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.model.TCDCN` (copied: the
+            caller's module is left as it is); default ``f"{points}pt"``.
+        shifts: ``[K, 2]`` box translations for ``averaged`` as fractions of the box width/height (default
+            :data:`DEFAULT_SHIFTS`, 20 shifts).
+        refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
+            align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
+            failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
+        batch_size: faces per forward pass in :meth:`align_batch` (bounds memory for huge batches).
+        progress: progress lines on stderr for long batches (None: only when stderr is a terminal).
+
+    Boxes given to :meth:`align` must follow the model's training convention: the MTFL/CUHK face box, a square from
+    about the eyebrows to the chin (see ``shared/data/README.md``); other detectors' boxes work less well.
+    """
+
+    def __init__(self, points: Literal[5, 68] = 5, device: str | torch.device = "cpu", averaged: bool = False,
+                 detector: Literal["auto", "yuface", "none"] | Callable[..., Any] | None = "auto",
+                 min_score: float = 0.5, calibrate: bool = True, model: str | os.PathLike | TCDCN | None = None,
+                 shifts: np.ndarray | Sequence[Sequence[float]] | None = None, refine: int = 1,
+                 batch_size: int = 512, progress: bool | None = None) -> None:
+        if points not in (5, 68):
+            raise ValueError(f"points must be 5 or 68, got {points!r}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.device = torch.device(device)
+        if isinstance(model, TCDCN):
+            net = copy.deepcopy(model)  # eval mode and the device move below must not change the caller's module
+        else:
+            name = model if model is not None else f"{points}pt"
+            try:
+                net = load_model(name, device="cpu")
+            except WeightsError as exc:
+                if model is None and points == 68:
+                    raise WeightsError(f"no 68-point model is shipped with this installation of tcdcn_ext ({exc}); "
+                                       "use points=5, or pass model= a 68-point weights file") from exc
+                raise
+        if net.num_points != points:
+            raise ValueError(f"points={points} but the model predicts {net.num_points} points")
+        self.model = net.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)  # a private copy or a freshly loaded model: nothing outside sees this
+        self.points = points
+        self.averaged = bool(averaged)
+        self.shifts = np.asarray(DEFAULT_SHIFTS if shifts is None else shifts, np.float64).reshape(-1, 2)
+        if len(self.shifts) == 0 or not np.all(np.isfinite(self.shifts)):
+            raise ValueError("shifts must be a non-empty finite [K, 2] array")
+        self.min_score = float(min_score)
+        if int(refine) < 0:
+            raise ValueError(f"refine must be >= 0, got {refine!r}")
+        self.refine = int(refine)
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.detector_name = detector if isinstance(detector, str) or detector is None else "callable"
+        self._detect = resolve_detector(detector)
+        from .detect import YuFaceDetector
+
+        # Calibration is fitted for yuface and the 5-point (MTFL box) model only.
+        self.calibration = CALIBRATION_5PT if (calibrate and isinstance(self._detect, YuFaceDetector)
+                                               and points == 5) else None
+        if calibrate and points == 68 and isinstance(self._detect, YuFaceDetector):
+            warnings.warn("Aligner(points=68): no yuface box calibration is fitted for the 68-point model; the "
+                          "detector's boxes are used as they are", stacklevel=2)
+        self.attribute_tasks = [t for t in self.model.config.aux_tasks]
+
+    def __repr__(self) -> str:
+        return (f"Aligner(points={self.points}, device={str(self.device)!r}, averaged={self.averaged}, "
+                f"detector={self.detector_name!r}, calibrated={self.calibration is not None})")
+
+    # -- public calls ---------------------------------------------------------------------------------------------
+
+    def __call__(self, image: ImageLike, color: Color = "rgb") -> list[Face]:
+        """Detect the faces in ``image`` and align them; ``[]`` when there is none."""
+        return self.align_batch([image], None, color)[0]
+
+    def align(self, image: ImageLike, boxes: Any, color: Color = "rgb") -> list[Face]:
+        """Align the faces in the given ``boxes`` ``[N, 4]`` (no detection); one :class:`Face` per box, in order."""
+        return self.align_batch([image], [boxes], color)[0]
+
+    def detect(self, image: ImageLike, color: Color = "rgb") -> Detections:
+        """The detector's raw output on ``image`` (boxes before calibration)."""
+        return self._detect_pixels(_to_pixels(image, color), _describe(image))
+
+    def align_batch(self, images: Iterable[ImageLike], boxes: Sequence[Any] | None = None,
+                    color: Color = "rgb") -> list[list[Face]]:
+        """Align all faces of all ``images`` in one batched forward pass (chunks of ``batch_size`` faces).
+
+        ``boxes``: None (detect in every image) or one ``[N_i, 4]`` array per image (None entries: detect). Returns
+        one list of :class:`Face` per image, in order.
+        """
+        images = list(images)
+        if boxes is not None and len(boxes) != len(images):
+            raise ValueError(f"align_batch: {len(images)} images but {len(boxes)} box lists")
+        _check_color(color)
+        pixels, names = [], []
+        for i, image in enumerate(images):
+            names.append(_describe(image) if len(images) == 1 else f"images[{i}] ({_describe(image)})")
+            pixels.append(_to_pixels(image, color, names[-1]))
+        jobs = self._jobs_for(pixels, boxes, names)
+        return self._run(jobs)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _jobs_for(self, pixels: list[_Pixels], boxes: Sequence[Any] | None,
+                  names: list[str] | None = None) -> list[_Job]:
+        """Detect (where no boxes are given) and collect the boxes the model will see, image by image."""
+        jobs = []
+        for i, pix in enumerate(pixels):
+            name = names[i] if names else f"images[{i}]"
+            given = None if boxes is None else boxes[i]
+            if given is None:
+                det = self._detect_pixels(pix, name)
+                model_boxes = (calibrate_boxes(det, self.calibration) if self.calibration is not None
+                               else det.boxes).astype(np.float64)
+                jobs.append(_Job(pix, model_boxes, det.boxes.astype(np.float64), det.scores.astype(np.float64),
+                                 refine=True))
+            else:
+                b = _valid_boxes(given, name)
+                jobs.append(_Job(pix, b, b, np.ones(len(b))))
+        return jobs
+
+    def _detect_pixels(self, pix: _Pixels, name: str) -> Detections:
+        if self._detect is None:
+            raise DetectorError(
+                f"{name}: no face detector is available (detector={self.detector_name!r}); pass the face boxes with "
+                "aligner.align(image, boxes=[(x0, y0, x1, y1), ...]), or install the yuface detector "
+                "(`pip install yuface`) and use detector='auto'")
+        return self._detect(pix.rgb(), self.min_score)
+
+    def _predict(self, pairs: list[tuple[_Pixels, np.ndarray]], shifts: np.ndarray
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Landmarks ``[F, P, 2]`` (image pixels, averaged over ``shifts``) and class probabilities of the faces
+        ``(pixels, box)``: batched forward passes of up to ``batch_size`` inputs."""
+        k = len(shifts)
+        per = max(1, self.batch_size // k)  # faces per forward pass
+        chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
+        size = self.model.input_size
+
+        def prepare(chunk: list[tuple[_Pixels, np.ndarray]]) -> tuple[torch.Tensor, list[np.ndarray]]:
+            patches = np.zeros((len(chunk) * k, size, size), np.float32)
+            used = [_face_inputs(pix, b, shifts, patches[i * k:(i + 1) * k]) for i, (pix, b) in enumerate(chunk)]
+            return _standardise(patches)[:, None], used  # [F*K, 1, S, S]
+
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        show = bool(show) and len(chunks) > 4
+        outs, used = [], []
+        for c, chunk in enumerate(chunks):
+            x, u = prepare(chunk)
+            outs.append(self._forward(x))
+            used.extend(u)
+            if show:
+                done = min(len(pairs), (c + 1) * per)
+                end = "\n" if c + 1 == len(chunks) else ""
+                print(f"\raligning: {done}/{len(pairs)} faces", end=end, file=sys.stderr, flush=True)
+        uv = np.concatenate([o[0] for o in outs])
+        probs = {t: np.concatenate([o[1][t] for o in outs]) for t in self.attribute_tasks}
+        pts = data.from_box_frame(uv, np.concatenate(used))  # [F*K, P, 2] image pixels; this un-shifts the shifts
+        if k == 1:
+            return pts, probs
+        pts = pts.reshape(len(pairs), k, -1, 2).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return pts, {t: p.reshape(len(pairs), k, -1).mean(axis=1) for t, p in probs.items()}
+
+    def _run(self, jobs: list[_Job]) -> list[list[Face]]:
+        pairs = [(job.pixels, b) for job in jobs for b in job.model_boxes]
+        if not pairs:
+            return [[] for _ in jobs]
+        shifts = self.shifts if self.averaged else np.zeros((1, 2))
+        passes = self.refine if self.points == 5 and any(job.refine for job in jobs) else 0
+        again = np.concatenate([np.full(len(job.model_boxes), job.refine, bool) for job in jobs]) if passes else None
+        for _ in range(passes):
+            # Re-box the detected faces from their landmarks with the MTFL box model (the way the test crops'
+            # boxes were made) and align again: detector boxes, even calibrated, frame faces less consistently.
+            pts, _ = self._predict(pairs, np.zeros((1, 2)))
+            for i in np.flatnonzero(again):
+                try:
+                    pairs[i] = (pairs[i][0], data.predict_boxes_5pt(pts[i:i + 1].astype(np.float64))[0])
+                except ValueError:  # degenerate landmarks: keep the detector's box
+                    pass
+        pts, probs = self._predict(pairs, shifts)
+        attrs = self._attributes(probs, len(pairs))
+        out: list[list[Face]] = []
+        f = 0
+        for job in jobs:
+            faces = []
+            boxes, scores = job.report_boxes.tolist(), job.scores.tolist()
+            for j in range(len(boxes)):
+                lm = pts[f].copy()
+                lm.setflags(write=False)
+                faces.append(Face(box=tuple(boxes[j]), score=scores[j], landmarks=lm, attributes=attrs[f]))
+                f += 1
+            out.append(faces)
+        return out
+
+    def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""
+        with torch.inference_mode():
+            o = self.model(x.to(self.device))
+            uv = o["landmarks"].float().cpu().numpy()
+            if not self.attribute_tasks:
+                return uv, {}
+            logits = torch.cat([o[t] for t in self.attribute_tasks], dim=1).float().cpu().numpy().astype(np.float64)
+        probs, c = {}, 0
+        for t in self.attribute_tasks:  # softmax per task, in numpy: one device transfer, no small torch ops
+            n = self.model.config.aux_tasks[t]
+            z = logits[:, c:c + n]
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            probs[t] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+            c += n
+        return uv, probs
+
+    def _attributes(self, probs: dict[str, np.ndarray], n: int) -> list[dict[str, Attribute]]:
+        """Per face, one :class:`Attribute` per task from the probabilities ``{task: [F, C]}`` (plain Python floats;
+        built from lists, per-element numpy access costs more than the forward pass for large batches)."""
+        out: list[dict[str, Attribute]] = [{} for _ in range(n)]
+        for t, p in probs.items():
+            names = ATTRIBUTE_LABELS.get(t)
+            if names is None or len(names) != p.shape[1]:
+                names = tuple(str(i) for i in range(p.shape[1]))
+            best = p.argmax(axis=1).tolist()
+            for i, (row, j) in enumerate(zip(p.astype(np.float64).tolist(), best)):
+                out[i][t] = Attribute(label=names[j], probability=row[j], probabilities=dict(zip(names, row)))
+        return out
