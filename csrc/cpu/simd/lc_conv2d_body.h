@@ -60,6 +60,79 @@ inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base,
   }
 }
 
+// Few faces (N = 1 latency): a face row tile would be one accumulator chain per channel vector, bound by FMA
+// latency. Instead tile over R neighbouring output locations of one face: R independent chains, each location
+// with its own weights (every weight is used once, so this path streams the weights at load-port speed).
+template <typename T, int R, int V>
+inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, const T* w, const T* bias, T* out_n,
+                        int64_t c0, bool act) {
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out;
+  vec acc[R][V];
+  const T* rows[R];
+  const T* wr[R];
+  for (int r = 0; r < R; ++r) {
+    rows[r] = in_n + g.in_base(l + r);
+    wr[r] = w + (l + r) * K * C + c0;
+    for (int v = 0; v < V; ++v) acc[r][v] = bias ? vload<T>(bias + (l + r) * C + c0 + v * W) : vec{};
+  }
+  const int64_t* off = g.in_off;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t o = off[k];
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(rows[r][o]);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * vload<T>(wr[r] + k * C + v * W);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) vstore<T>(out_n + (l + r) * C + c0 + v * W, act ? act_vec(acc[r][v]) : acc[r][v]);
+}
+
+template <typename T, int V>
+inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const T* w, const T* bias, T* out_n,
+                             int64_t l0, int64_t l1, int64_t c0, bool act) {
+  constexpr int R = rows_for(V) < 8 ? rows_for(V) : 8;
+  int64_t l = l0;
+  for (; l + R <= l1; l += R) lc_fwd_locs<T, R, V>(g, in_n, l, w, bias, out_n, c0, act);
+  for (; l < l1; ++l) lc_fwd_locs<T, 1, V>(g, in_n, l, w, bias, out_n, c0, act);
+}
+
+// Batches up to this size take the location-tiled path.
+constexpr int64_t kSmallBatch = 2;
+
+template <typename T>
+void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out,
+                            int64_t l0, int64_t l1, bool act) {
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K(), C = g.C_out, L = g.L();
+  const int64_t c_full = (C / W) * W;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* in_n = in + n * g.in_sN;
+    T* out_n = out + n * L * C;
+    for (int64_t c0 = 0; c0 < c_full;) {
+      const int64_t nv = (c_full - c0) / W;
+      const int V = nv >= 4 ? 4 : int(nv);
+      switch (V) {
+        case 4: lc_fwd_loc_range<T, 4>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
+        case 3: lc_fwd_loc_range<T, 3>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
+        case 2: lc_fwd_loc_range<T, 2>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
+        default: lc_fwd_loc_range<T, 1>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
+      }
+      c0 += V * W;
+    }
+    for (int64_t l = l0; l < l1; ++l) {  // channels that do not fill a vector
+      const T* row = in_n + g.in_base(l);
+      const T* wl = w + l * K * C;
+      for (int64_t co = c_full; co < C; ++co) {
+        T acc = bias ? bias[l * C + co] : T(0);
+        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
+        out_n[l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+      }
+    }
+  }
+}
+
 // Faces per block: a multiple of every rows_for(V) (12, 9, 6, 3, 2), so blocks split into full tiles.
 constexpr int64_t kFaceBlock = 36;
 // Weights of a chunk of locations kept hot in L2 while every face block passes over them.
@@ -72,6 +145,10 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
                 int64_t l1, bool act) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
+  if (N <= kSmallBatch) {
+    lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, act);
+    return;
+  }
   const int64_t c_full = (C / W) * W;
   const int64_t out_stride = L * C;
   const int64_t wl_bytes = K * C * int64_t(sizeof(T));
