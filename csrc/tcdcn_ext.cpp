@@ -19,6 +19,11 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // |tanh(x)| and its gradient sign(x) * (1 - tanh(x)^2), taken as 0 at x == 0.
   m.def("abs_tanh(Tensor x) -> Tensor");
   m.def("_abs_tanh_backward(Tensor grad_output, Tensor x) -> Tensor");
+  // Model inputs from uint8 images: face f's box (x0, y0, x1, y1) of images[image_index[f]] resampled to a
+  // size x size grey patch (bilinear, 0 outside the image), optionally standardised per patch. channel_order:
+  // 0 = RGB(A), 1 = BGR(A) (ignored for [H, W] grey images). Output [F, 1, size, size] float32.
+  m.def("face_patches(Tensor[] images, Tensor image_index, Tensor boxes, int size, int channel_order, "
+        "bool standardise) -> Tensor");
 }
 
 namespace {

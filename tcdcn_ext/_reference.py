@@ -56,3 +56,47 @@ def lc_conv2d_abs_tanh(
 ) -> Tensor:
     """``abs_tanh(lc_conv2d(...))``."""
     return abs_tanh(lc_conv2d(input, weight, bias, stride, padding))
+
+
+def face_patches(
+    images: Sequence[Tensor],
+    image_index: Tensor,
+    boxes: Tensor,
+    size: int,
+    channel_order: int = 0,
+    standardise: bool = True,
+) -> Tensor:
+    """Face ``f``'s box of ``images[image_index[f]]`` (uint8 ``[H, W]`` or ``[H, W, 1|3|4]``) as a ``size x size``
+    grey patch: input pixel ``(i, j)`` samples image point ``(x0 + (j + 0.5) w / size, y0 + (i + 0.5) h / size)``
+    (pixel-centre coordinates) bilinearly, 0 outside the image; grey = 0.299 R + 0.587 G + 0.114 B
+    (``channel_order`` 1: BGR). Optionally standardised per patch (zero mean, unit std + 1e-6). ``[F, 1, S, S]``."""
+    patches = []
+    for f in range(boxes.shape[0]):
+        im = images[int(image_index[f])].float()
+        if im.dim() == 3 and im.shape[2] >= 3:
+            r, g, b = (im[..., 2], im[..., 1], im[..., 0]) if channel_order == 1 else (im[..., 0], im[..., 1], im[..., 2])
+            grey = 0.299 * r + 0.587 * g + 0.114 * b
+        else:
+            grey = im.reshape(im.shape[0], im.shape[1])
+        h, w = grey.shape
+        padded = F.pad(grey, (1, 1, 1, 1))  # a zero ring: taps outside the image read 0
+        x0, y0, x1, y1 = (float(v) for v in boxes[f].double())
+        steps = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+        xs, ys = x0 + steps * (x1 - x0), y0 + steps * (y1 - y0)
+        fx, fy = xs.floor(), ys.floor()
+        ax, ay = (xs - fx).float(), (ys - fy).float()
+        cx = (fx.long()[None, :] + torch.tensor([[0], [1]])).clamp(-1, w) + 1  # [2, S] padded column of each tap
+        cy = (fy.long()[None, :] + torch.tensor([[0], [1]])).clamp(-1, h) + 1
+        wx = torch.stack([1 - ax, ax])
+        wy = torch.stack([1 - ay, ay])
+        v = torch.zeros(size, size)
+        for dy in range(2):
+            for dx in range(2):
+                v += wy[dy][:, None] * wx[dx][None, :] * padded[cy[dy]][:, cx[dx]]
+        if standardise:
+            v64 = v.double()
+            v = ((v64 - v64.mean()) / (v64.std(unbiased=False) + 1e-6)).float()
+        patches.append(v)
+    if not patches:
+        return torch.empty(0, 1, size, size)
+    return torch.stack(patches)[:, None]

@@ -46,7 +46,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from . import data
+from . import data, ops
 from .detect import CALIBRATION_5PT, Detections, DetectorError, calibrate_boxes, resolve_detector
 from .model import TCDCN, WeightsError, load_model
 
@@ -192,12 +192,29 @@ def _describe(image: Any) -> str:
     return f"{type(image).__name__} object"
 
 
+class _Label:
+    """The name of an input in error messages, built only when a message is (``str(dtype)`` and friends cost
+    ~10 us per image, as much as sampling the face)."""
+
+    __slots__ = ("image", "index")
+
+    def __init__(self, image: Any, index: int | None = None) -> None:
+        self.image, self.index = image, index
+
+    def __str__(self) -> str:
+        d = _describe(self.image)
+        return d if self.index is None else f"images[{self.index}] ({d})"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def _check_color(color: str) -> None:
     if color not in _COLORS:
         raise ImageError(f"color must be one of {_COLORS}, got {color!r}")
 
 
-def _from_array(a: np.ndarray, color: str, name: str) -> _Pixels:
+def _from_array(a: np.ndarray, color: str, name: "str | _Label") -> _Pixels:
     if a.dtype != np.uint8:
         if a.dtype in (np.uint16, np.int16):
             raise ImageError(f"{name}: 16-bit images are not supported; convert to 8 bits per channel (uint8)")
@@ -225,7 +242,7 @@ def _from_array(a: np.ndarray, color: str, name: str) -> _Pixels:
     return pix
 
 
-def _from_tensor(t: torch.Tensor, color: str, name: str) -> _Pixels:
+def _from_tensor(t: torch.Tensor, color: str, name: "str | _Label") -> _Pixels:
     t = t.detach()
     if t.dim() == 3:
         first, last = t.shape[0], t.shape[2]
@@ -256,7 +273,7 @@ def _from_tensor(t: torch.Tensor, color: str, name: str) -> _Pixels:
     return _from_array(a, color, name)
 
 
-def _from_pil(img: Any, name: str) -> _Pixels:
+def _from_pil(img: Any, name: "str | _Label") -> _Pixels:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raise ImageError(f"{name}: PIL mode {mode!r} (16/32-bit) is not supported; convert to 8 bits ('L' or 'RGB')")
@@ -266,7 +283,7 @@ def _from_pil(img: Any, name: str) -> _Pixels:
     return _from_array(a, {"L": "rgb", "RGB": "rgb", "RGBA": "rgba"}[mode], name)
 
 
-def _from_file(path: Path, name: str) -> _Pixels:
+def _from_file(path: Path, name: "str | _Label") -> _Pixels:
     import cv2
 
     if path.is_dir():
@@ -290,9 +307,9 @@ def _from_file(path: Path, name: str) -> _Pixels:
     return _from_array(img, "bgr", name)
 
 
-def _to_pixels(image: ImageLike, color: str, name: str | None = None) -> _Pixels:
+def _to_pixels(image: ImageLike, color: str, name: "str | _Label | None" = None) -> _Pixels:
     _check_color(color)
-    label = name or _describe(image)
+    label = name or _Label(image)
     if isinstance(image, (str, os.PathLike)):
         return _from_file(Path(image), label)
     if isinstance(image, np.ndarray):
@@ -318,6 +335,55 @@ def load_image(image: ImageLike, color: Color = "rgb") -> np.ndarray:
 _SHRINK_ABOVE = 3.0
 
 
+def _shifted_boxes(box: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``[K, 4]``: ``box`` moved by each shift (fractions of the box width / height)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    b = np.array([[x0, y0, x1, y1]])
+    if len(shifts) == 1 and not shifts.any():
+        return b
+    return b + shifts[:, [0, 1, 0, 1]] * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+
+
+def _needs_area_shrink(box: np.ndarray, size: int) -> bool:
+    return max(float(box[2] - box[0]), float(box[3] - box[1])) > _SHRINK_ABOVE * size
+
+
+def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], shifts: np.ndarray, size: int
+                  ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Standardised inputs ``[F*K, 1, S, S]`` of every (pixels, box) pair and shift, and the boxes used.
+
+    Faces up to ``3 S`` pixels go through the C++ op :func:`tcdcn_ext.ops.face_patches` in one call per channel
+    order (bilinear straight from the uint8 image, as :func:`_face_inputs`); larger ones take :func:`_face_inputs`,
+    which first shrinks them with ``INTER_AREA``.
+    """
+    k = len(shifts)
+    used = [_shifted_boxes(b, shifts) for _, b in pairs]
+    x = torch.empty(len(pairs) * k, 1, size, size)
+    groups: dict[int, tuple[list, dict, list, list]] = {}  # channel order -> (images, id -> slot, index, rows)
+    for i, (pix, b) in enumerate(pairs):
+        if _needs_area_shrink(b, size):
+            patches = np.zeros((k, size, size), np.float32)
+            _face_inputs(pix, b, shifts, patches)
+            x[i * k:(i + 1) * k, 0] = _standardise(patches)
+            continue
+        order = 1 if pix.order == "bgr" else 0
+        images, slots, index, rows = groups.setdefault(order, ([], {}, [], []))
+        slot = slots.get(id(pix))
+        if slot is None:
+            a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
+            if any(st < 0 for st in a.strides):
+                a = np.ascontiguousarray(a)
+            slot = slots[id(pix)] = len(images)
+            images.append(torch.from_numpy(a))
+        index.extend([slot] * k)
+        rows.extend(range(i * k, (i + 1) * k))
+    for order, (images, _, index, rows) in groups.items():
+        boxes = torch.from_numpy(np.concatenate([used[r // k][r % k:r % k + 1] for r in rows]))
+        x[rows] = ops.face_patches(images, torch.tensor(index, dtype=torch.int64), boxes, size,
+                                   "bgr" if order else "rgb")
+    return x, used
+
+
 def _face_inputs(pix: _Pixels, box: np.ndarray, shifts: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Write the inputs of one face for each box shift into ``out`` (float32 ``[K, S, S]``, zeros, C-contiguous; not
     yet standardised); return the shifted boxes ``[K, 4]``.
@@ -332,13 +398,9 @@ def _face_inputs(pix: _Pixels, box: np.ndarray, shifts: np.ndarray, out: np.ndar
     size = out.shape[-1]
     x0, y0, x1, y1 = (float(v) for v in box)
     bw, bh = x1 - x0, y1 - y0
-    if len(shifts) == 1 and not shifts.any():
-        boxes = np.array([[x0, y0, x1, y1]])
-        lo_x, lo_y, hi_x, hi_y = x0, y0, x1, y1
-    else:
-        boxes = np.array([[x0, y0, x1, y1]]) + shifts[:, [0, 1, 0, 1]] * np.array([bw, bh, bw, bh])
-        lo_x, lo_y = float(boxes[:, 0].min()), float(boxes[:, 1].min())
-        hi_x, hi_y = float(boxes[:, 2].max()), float(boxes[:, 3].max())
+    boxes = _shifted_boxes(box, shifts)
+    lo_x, lo_y = float(boxes[:, 0].min()), float(boxes[:, 1].min())
+    hi_x, hi_y = float(boxes[:, 2].max()), float(boxes[:, 3].max())
     side = max(bw, bh)
     f = 2.0 * size / side if side > _SHRINK_ABOVE * size else 1.0
     pad = 2.0 / f + 1.0  # room for the bilinear / area kernels at the region's edge
@@ -369,7 +431,7 @@ def _standardise(x: np.ndarray, eps: float = 1e-6) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def _valid_boxes(boxes: Any, name: str) -> np.ndarray:
+def _valid_boxes(boxes: Any, name: "str | _Label") -> np.ndarray:
     try:
         b = np.asarray(boxes, np.float64).reshape(-1, 4)
     except (ValueError, TypeError) as exc:
@@ -503,7 +565,7 @@ class Aligner:
         _check_color(color)
         pixels, names = [], []
         for i, image in enumerate(images):
-            names.append(_describe(image) if len(images) == 1 else f"images[{i}] ({_describe(image)})")
+            names.append(_Label(image, None if len(images) == 1 else i))
             pixels.append(_to_pixels(image, color, names[-1]))
         jobs = self._jobs_for(pixels, boxes, names)
         return self._run(jobs)
@@ -511,7 +573,7 @@ class Aligner:
     # -- internals ------------------------------------------------------------------------------------------------
 
     def _jobs_for(self, pixels: list[_Pixels], boxes: Sequence[Any] | None,
-                  names: list[str] | None = None) -> list[_Job]:
+                  names: "list[str | _Label] | None" = None) -> list[_Job]:
         """Detect (where no boxes are given) and collect the boxes the model will see, image by image."""
         jobs = []
         for i, pix in enumerate(pixels):
@@ -528,7 +590,7 @@ class Aligner:
                 jobs.append(_Job(pix, b, b, np.ones(len(b))))
         return jobs
 
-    def _detect_pixels(self, pix: _Pixels, name: str) -> Detections:
+    def _detect_pixels(self, pix: _Pixels, name: "str | _Label") -> Detections:
         if self._detect is None:
             raise DetectorError(
                 f"{name}: no face detector is available (detector={self.detector_name!r}); pass the face boxes with "
@@ -546,9 +608,7 @@ class Aligner:
         size = self.model.input_size
 
         def prepare(chunk: list[tuple[_Pixels, np.ndarray]]) -> tuple[torch.Tensor, list[np.ndarray]]:
-            patches = np.zeros((len(chunk) * k, size, size), np.float32)
-            used = [_face_inputs(pix, b, shifts, patches[i * k:(i + 1) * k]) for i, (pix, b) in enumerate(chunk)]
-            return _standardise(patches)[:, None], used  # [F*K, 1, S, S]
+            return _batch_inputs(chunk, shifts, size)  # [F*K, 1, S, S]
 
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         show = bool(show) and len(chunks) > 4

@@ -41,6 +41,7 @@ from . import _C
 __all__ = [
     "abs_tanh",
     "cpu_isa",
+    "face_patches",
     "cpu_isas_supported",
     "lc_conv2d",
     "lc_conv2d_abs_tanh",
@@ -172,6 +173,30 @@ def abs_tanh(x: Tensor) -> Tensor:
     return _ops.abs_tanh(x)
 
 
+def face_patches(
+    images: Sequence[Tensor], image_index: Tensor, boxes: Tensor, size: int, channel_order: str = "rgb",
+    standardise: bool = True,
+) -> Tensor:
+    """Model inputs for many faces at once (the C++ twin of :func:`tcdcn_ext.data.make_inputs`).
+
+    Args:
+        images: uint8 CPU tensors ``[H, W]`` (grey) or ``[H, W, 1|3|4]`` (any strides; alpha ignored).
+        image_index: int64 ``[F]``: which image each face is in.
+        boxes: ``[F, 4]`` ``(x0, y0, x1, y1)`` in that image's pixel-centre coordinates.
+        size: patch side ``S``.
+        channel_order: ``"rgb"`` or ``"bgr"`` (the order of 3/4-channel images).
+        standardise: zero mean, unit standard deviation per patch (``+ 1e-6``), as the model expects.
+
+    Returns:
+        float32 ``[F, 1, S, S]``: input pixel ``(i, j)`` samples the image at ``(x0 + (j + 0.5) (x1 - x0) / S,
+        y0 + (i + 0.5) (y1 - y0) / S)`` bilinearly, 0 outside the image, in grey ``0.299 R + 0.587 G + 0.114 B``.
+    """
+    orders = {"rgb": 0, "rgba": 0, "bgr": 1, "bgra": 1}
+    if channel_order not in orders:
+        raise ValueError(f"face_patches: channel_order must be one of {sorted(orders)}, got {channel_order!r}")
+    return _ops.face_patches(list(images), image_index, boxes, int(size), orders[channel_order], bool(standardise))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Fake kernels (shape/stride propagation for torch.compile, opcheck and meta tensors)
 
@@ -210,6 +235,11 @@ def _lc_conv2d_backward_fake(grad_output, input, weight, stride, padding, output
         make(output_mask[1], weight.shape),
         make(output_mask[2], (c_out, h_out, w_out)),
     )
+
+
+@torch.library.register_fake("tcdcn_ext::face_patches")
+def _face_patches_fake(images, image_index, boxes, size, channel_order, standardise):
+    return boxes.new_empty((boxes.shape[0], 1, size, size), dtype=torch.float32)
 
 
 @torch.library.register_fake("tcdcn_ext::abs_tanh")

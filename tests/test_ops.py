@@ -287,3 +287,55 @@ def test_lc_conv2d_property_random_shapes(n, c_in, c_out, h, w, k, s, p, bias, c
             assert a is None or torch.count_nonzero(a) == 0
         else:
             torch.testing.assert_close(a, e)
+
+
+def _face_images():
+    g = torch.Generator().manual_seed(5)
+    rgb = torch.randint(0, 256, (60, 80, 3), dtype=torch.uint8, generator=g)
+    rgba = torch.randint(0, 256, (50, 40, 4), dtype=torch.uint8, generator=g)
+    grey = torch.randint(0, 256, (30, 30), dtype=torch.uint8, generator=g)
+    return [rgb, rgba, grey, rgb.permute(1, 0, 2)]  # the last one non-contiguous
+
+
+FACE_BOXES = torch.tensor([[10.0, 5.0, 50.0, 45.0], [-12.5, -3.0, 20.25, 30.0], [3.0, 4.0, 27.0, 29.0],
+                           [0.0, 0.0, 60.0, 80.0], [70.0, 50.0, 120.0, 90.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
+@pytest.mark.parametrize("standardise", [True, False])
+def test_face_patches_matches_reference(order, standardise):
+    images = _face_images()
+    index = torch.tensor([0, 1, 2, 3, 0])
+    got = ops.face_patches(images, index, FACE_BOXES, 40, order, standardise)
+    want = ref.face_patches(images, index, FACE_BOXES, 40, 1 if order == "bgr" else 0, standardise)
+    assert got.shape == (5, 1, 40, 40) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 if standardise else 1e-3)
+    assert ops.face_patches(images, index[:0], FACE_BOXES[:0], 40).shape == (0, 1, 40, 40)
+
+
+def test_face_patches_matches_the_training_warp():
+    """Same pixels as tcdcn_ext.data.make_inputs (OpenCV's warpAffine, the function training used)."""
+    from tcdcn_ext import data
+
+    images = _face_images()[:1]
+    boxes = FACE_BOXES[[0, 1, 4]]
+    got = ops.face_patches(images, torch.zeros(3, dtype=torch.int64), boxes, 40)
+    want = torch.from_numpy(data.make_inputs([images[0].numpy()] * 3, boxes.numpy(), 40))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_face_patches_errors():
+    images = _face_images()
+    with pytest.raises(RuntimeError, match="uint8"):
+        ops.face_patches([images[0].float()], torch.zeros(1, dtype=torch.int64), FACE_BOXES[:1], 40)
+    with pytest.raises(RuntimeError, match="out of range"):
+        ops.face_patches(images[:1], torch.tensor([3]), FACE_BOXES[:1], 40)
+    with pytest.raises(RuntimeError, match=r"boxes must be \[F, 4\]"):
+        ops.face_patches(images[:1], torch.tensor([0]), FACE_BOXES[:1, :3], 40)
+    with pytest.raises(RuntimeError, match="not finite"):
+        ops.face_patches(images[:1], torch.tensor([0]), torch.tensor([[0.0, 0.0, float("nan"), 5.0]]), 40)
+    with pytest.raises(ValueError, match="channel_order"):
+        ops.face_patches(images[:1], torch.tensor([0]), FACE_BOXES[:1], 40, "hsv")
+    torch.library.opcheck(torch.ops.tcdcn_ext.face_patches.default,
+                          (images[:2], torch.tensor([0, 1]), FACE_BOXES[:2], 8, 0, True),
+                          test_utils=("test_schema", "test_faketensor"))
