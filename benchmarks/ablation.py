@@ -86,10 +86,10 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "ablation"))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--only", default="", help="comma list of config names")
+    p.add_argument("--only", default="", help="semicolon-separated config names")
     p.add_argument("--train-args", default="--landmark-loss l1", help="extra tcdcn-train arguments for every run")
     args = p.parse_args()
-    names = [n for n in CONFIGS if not args.only or n in args.only.split(",")]
+    names = [n for n in CONFIGS if not args.only or n in args.only.split(";")]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(names, pool.map(lambda n: run_one(n, args), names)))
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)

@@ -107,3 +107,18 @@ def test_tiny_training_learns_and_resumes(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert resumed["stopped_at"] == full["stopped_at"]
+
+
+@pytest.mark.parametrize("extra", [{"learn_lambda": True}, {"optimizer": "sgd", "lr": 0.003},
+                                   {"aux_tasks": ()}, {"balance_pose": 0.5, "landmark_loss": "l1"}])
+def test_training_variants_run(tmp_path, extra):
+    """The other recipes (learned lambda_a, the paper's SGD, landmarks only, pose balancing + L1) train and log."""
+    split = write_synthetic_split(tmp_path / "split", n=24)
+    cfg = dict(train_dir=str(split), out_dir=str(tmp_path / "run"), epochs=1, batch_size=8, threads=1,
+               progress=False, val_fraction=0.25)
+    cfg.update(extra)
+    summary = train(TrainConfig(**cfg))
+    rec = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(rec["train_landmarks"]) and np.isfinite(summary["best"]["val_error"])
+    if extra.get("learn_lambda"):
+        assert set(rec["lambdas"]) == {"pose", "gender", "glasses", "smile"}
