@@ -48,6 +48,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
 
 
+#: Activation modules selectable by ``TCDCNConfig.activation``.
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"abs_tanh": AbsTanh, "relu": nn.ReLU}
+
+
 class WeightsError(RuntimeError):
     """A weights file is missing, truncated, tampered with (checksum mismatch) or not a TCDCN checkpoint."""
 
@@ -63,6 +67,8 @@ class TCDCNConfig:
     shared_conv: bool = False
     aux_tasks: dict[str, int] = field(default_factory=lambda: dict(AUX_TASKS_5PT))
     dropout: float = 0.0
+    activation: str = "abs_tanh"  # "abs_tanh" (the paper) | "relu" (the authors' released 68-point model)
+    box_scale: float = 1.0  # the network sees the given box enlarged by this factor about its centre (see preprocess)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -72,6 +78,12 @@ class TCDCNConfig:
             raise ValueError(f"TCDCNConfig: channels {self.channels}, kernels {self.kernels} and pool_after "
                              f"{self.pool_after} must have the same length")
         self.aux_tasks = {str(k): int(v) for k, v in dict(self.aux_tasks).items()}
+        self.activation = str(self.activation)
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"TCDCNConfig: activation {self.activation!r} is not one of {sorted(_ACTIVATIONS)}")
+        self.box_scale = float(self.box_scale)
+        if not self.box_scale > 0:
+            raise ValueError(f"TCDCNConfig: box_scale must be > 0, got {self.box_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +117,7 @@ class TCDCN(nn.Module):
                 layers.append(nn.Conv2d(c_in, c_out, k))
             else:
                 layers.append(LocallyConnected2d(c_in, c_out, k, (size, size)))
-            layers.append(AbsTanh())
+            layers.append(_ACTIVATIONS[config.activation]())
             size = size - k + 1
             if size < 1:
                 raise ValueError(f"TCDCN: input size {config.input_size} is too small for kernels {config.kernels}")
@@ -116,7 +128,7 @@ class TCDCN(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.flat_dim = c_in * size * size
         self.fc = nn.Linear(self.flat_dim, config.feature_dim)
-        self.act = AbsTanh()
+        self.act = _ACTIVATIONS[config.activation]()
         self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.landmark_head = nn.Linear(config.feature_dim, 2 * config.num_points)
         self.aux_heads = nn.ModuleDict({t: nn.Linear(config.feature_dim, n) for t, n in config.aux_tasks.items()})
@@ -176,21 +188,42 @@ class TCDCN(nn.Module):
     def preprocess(self, images: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray | Sequence) -> Tensor:
         """(RGB uint8 image(s) ``HxWx3`` or grey ``HxW``, face box(es) ``(x0, y0, x1, y1)``) -> Tensor[N, 1, S, S].
 
-        The box is resampled to ``S x S`` grey pixels (bilinear, black outside the image) and normalised per
-        image to zero mean and unit standard deviation.
+        The box (enlarged by ``config.box_scale`` about its centre, :meth:`input_boxes`; 1 = as given) is resampled
+        to ``S x S`` grey pixels (bilinear, black outside the image) and normalised per image to zero mean and unit
+        standard deviation.
         """
         from . import data  # OpenCV is imported only when images are processed
 
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
             images = [images]
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        boxes = self.input_boxes(boxes)
         if len(images) != len(boxes):
             raise ValueError(f"preprocess: {len(images)} images but {len(boxes)} boxes")
         return torch.from_numpy(data.make_inputs(list(images), boxes, self.config.input_size))
 
+    def input_boxes(self, boxes: np.ndarray | Sequence) -> np.ndarray:
+        """The boxes the network actually sees for the given face boxes ``[N, 4]``: each enlarged by
+        ``config.box_scale`` about its centre (the identity, as float32, when ``box_scale == 1``)."""
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        s = self.config.box_scale
+        if s == 1.0:
+            return b
+        b64 = b.astype(np.float64)
+        c, half = (b64[:, :2] + b64[:, 2:]) / 2, (b64[:, 2:] - b64[:, :2]) / 2 * s
+        return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+
+    def to_given_frame(self, uv: Tensor) -> Tensor:
+        """Network output (frame of the enlarged box, :meth:`input_boxes`) -> frame of the given box:
+        ``u = 0.5 + (u_net - 0.5) * box_scale`` (returned unchanged when ``box_scale == 1``)."""
+        s = self.config.box_scale
+        return uv if s == 1.0 else (uv - 0.5) * s + 0.5
+
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 1024, mirror_average: bool = False) -> dict[str, Tensor]:
         """Forward in eval mode, in batches: landmarks (box frame) and aux-task probabilities (softmax).
+
+        The landmarks are in the frame of the box given to :meth:`preprocess` (for ``box_scale != 1`` the raw
+        ``forward`` output, in the enlarged box's frame, is mapped back with :meth:`to_given_frame`).
 
         ``mirror_average``: also run the horizontally mirrored input and average the two predictions (the mirror
         maps ``u -> 1 - u`` exactly, left/right points are swapped back and the pose bins reversed).
@@ -204,6 +237,7 @@ class TCDCN(nn.Module):
                 o = {k: (v if k == "landmarks" else F.softmax(v, dim=1)) for k, v in self(xb).items()}
                 if mirror_average:
                     o = self._average_with_mirror(o, xb)
+                o["landmarks"] = self.to_given_frame(o["landmarks"])
                 for k, v in o.items():
                     outs.setdefault(k, []).append(v)
             return {k: torch.cat(v) for k, v in outs.items()}

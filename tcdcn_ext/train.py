@@ -90,6 +90,7 @@ class TrainConfig:
     balance_pose: float = 0.0  # 0: uniform sampling; 1: pose classes equally likely; 0.5: weights ~ 1/sqrt(freq)
     model: dict[str, Any] = field(default_factory=dict)  # TCDCNConfig overrides
     init_from: str | None = None  # warm start (transfer): load matching tensors from this checkpoint
+    box_scale: float = 1.0  # enlarge the annotated boxes by this factor about their centre (stored in the model)
     progress: bool = True
 
 
@@ -220,10 +221,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     n_val = max(1, int(round(cfg.val_fraction * len(fs)))) if len(fs) > 1 else 0
     val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     tr, va = _Batches(fs.subset(tr_idx)), _Batches(fs.subset(val_idx))
+    mcfg = TCDCNConfig(num_points=cfg.points, aux_tasks={t: AUX_TASKS_5PT[t] for t in cfg.aux_tasks},
+                       **{"box_scale": cfg.box_scale, **cfg.model})
+    model = TCDCN(mcfg)
+    # The network trains on the enlarged boxes (its raw output frame); validation keeps the annotated boxes and goes
+    # through model.preprocess/predict semantics (enlarge, then map back), as evaluation and shipping do.
+    tr.boxes = model.input_boxes(tr.boxes)
     log.info("data: %d train / %d validation faces from %s", len(tr), len(va), train_dir)
 
     torch.manual_seed(cfg.seed)
-    mcfg = TCDCNConfig(num_points=cfg.points, aux_tasks={t: AUX_TASKS_5PT[t] for t in cfg.aux_tasks}, **cfg.model)
     model = TCDCN(mcfg)
     uv_train = data_mod.to_box_frame(tr.landmarks, tr.boxes)
     model.set_mean_shape(uv_train.mean(axis=0))
@@ -266,7 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     aug = data_mod.Augmenter(size=mcfg.input_size, max_shift=cfg.max_shift, max_rotate_deg=cfg.max_rotate_deg,
                              zoom=cfg.zoom, mirror=cfg.mirror,
                              mirror_perm=data_mod.MIRROR_5 if cfg.points == 5 else data_mod.MIRROR_68)
-    x_val = torch.from_numpy(data_mod.make_inputs(va.grey, va.boxes, mcfg.input_size))
+    x_val = torch.from_numpy(data_mod.make_inputs(va.grey, model.input_boxes(va.boxes), mcfg.input_size))
     uv_val = torch.from_numpy(data_mod.to_box_frame(va.landmarks, va.boxes).astype(np.float32))
     steps = max(1, math.ceil(len(tr) / cfg.batch_size))
     model.train()
@@ -302,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             for k, v in losses.items():
-                sums[k] += float(v) * len(idx)
+                sums[k] += float(v.detach()) * len(idx)
             bar.update(it + 1, f"lm {losses['landmarks'].item():.3f}")
         train_losses = {k: v / len(tr) for k, v in sums.items()}
         val = _evaluate(model, va, cfg, x_val, uv_val)
@@ -425,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sampling weight ~ freq(pose)^-B (0 = off, 1 = balanced)")
     p.add_argument("--model-json", default="{}", help='TCDCNConfig overrides, e.g. \'{"feature_dim": 256}\'')
     p.add_argument("--init-from", default=None, help="warm start from a checkpoint (heads are re-initialised)")
+    p.add_argument("--box-scale", type=float, default=d.box_scale, help="enlarge the annotated boxes by this factor "
+                   "about their centre (recorded in the model config; preprocess/predict apply it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (resume later)")
     p.add_argument("--quiet", dest="progress", action="store_false")
