@@ -315,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         newly: list[str] = []
         if stopper is not None:
             if log_s is not None:
-                lambdas = {t: float(torch.exp(-log_s[j])) for j, t in enumerate(cfg.aux_tasks)}
+                lambdas = {t: float(torch.exp(-log_s[j].detach())) for j, t in enumerate(cfg.aux_tasks)}
             if cfg.early_stopping:
                 newly = stopper.update(epoch + 1, {t: train_losses[t] for t in cfg.aux_tasks},
                                        {t: val[f"val_{t}"] for t in cfg.aux_tasks}, lambdas)
