@@ -13,6 +13,9 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   m.def("lc_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], int[2] padding=[0, 0]) -> Tensor");
   // Inference-only fused lc_conv2d + bias + |tanh|.
   m.def("lc_conv2d_abs_tanh(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], int[2] padding=[0, 0]) -> Tensor");
+  // Inference-only fused lc_conv2d + bias + |tanh| + 2x2 max pooling (stride 2, floor mode); CPU only.
+  m.def("lc_conv2d_abs_tanh_maxpool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], "
+        "int[2] padding=[0, 0]) -> Tensor");
   // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

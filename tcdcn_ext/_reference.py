@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lc_conv2d", "lc_conv2d_abs_tanh", "abs_tanh"]
+__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d"]
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -56,6 +56,17 @@ def lc_conv2d_abs_tanh(
 ) -> Tensor:
     """``abs_tanh(lc_conv2d(...))``."""
     return abs_tanh(lc_conv2d(input, weight, bias, stride, padding))
+
+
+def lc_conv2d_abs_tanh_maxpool2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = (1, 1),
+    padding: int | Sequence[int] = (0, 0),
+) -> Tensor:
+    """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)``."""
+    return F.max_pool2d(lc_conv2d_abs_tanh(input, weight, bias, stride, padding), 2)
 
 
 def face_patches(

@@ -162,13 +162,19 @@ class TCDCN(nn.Module):
         return self.drop(self.act(self.fc(h.flatten(1))))
 
     def _conv_inference(self, h: Tensor) -> Tensor:
-        """The conv stack with each locally connected layer and its |tanh| fused into one op (no grad)."""
+        """The conv stack with each locally connected layer, its |tanh| and (on the CPU) the 2x2 max pooling after
+        it fused into one op (no grad)."""
         layers = list(self.conv)
         i = 0
         while i < len(layers):
             layer = layers[i]
             if (isinstance(layer, LocallyConnected2d) and i + 1 < len(layers)
                     and isinstance(layers[i + 1], AbsTanh)):
+                nxt = layers[i + 2] if i + 2 < len(layers) else None
+                if h.device.type == "cpu" and isinstance(nxt, nn.MaxPool2d) and _is_plain_2x2(nxt):
+                    h = ops.lc_conv2d_abs_tanh_maxpool2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
+                    i += 3
+                    continue
                 h = ops.lc_conv2d_abs_tanh(h, layer.weight, layer.bias, layer.stride, layer.padding)
                 i += 2
             else:
@@ -259,6 +265,15 @@ class TCDCN(nn.Module):
                 mv = m[k][:, list(POSE_MIRROR)] if k == "pose" else m[k]
                 res[k] = 0.5 * (v + mv)
         return res
+
+
+def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:
+    """A 2x2, stride-2, unpadded, floor-mode max pooling (what the fused op implements)."""
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    return (pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
+            and pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "cpu_isas_supported",
     "lc_conv2d",
     "lc_conv2d_abs_tanh",
+    "lc_conv2d_abs_tanh_maxpool2d",
     "lc_output_size",
     "lc_weight_from_natural",
     "lc_weight_to_natural",
@@ -168,6 +169,26 @@ def lc_conv2d_abs_tanh(
     return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
+def lc_conv2d_abs_tanh_maxpool2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+) -> Tensor:
+    """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)`` (stride 2, floor mode) in one pass; inference only, CPU only.
+
+    Returns Tensor[N, C_out, H_out // 2, W_out // 2] with channels-last strides. NaN propagates like
+    ``max_pool2d``.
+    """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
+        raise RuntimeError(
+            "lc_conv2d_abs_tanh_maxpool2d is inference-only and has no backward: call it under torch.no_grad() / "
+            "torch.inference_mode(), or use max_pool2d(abs_tanh(lc_conv2d(...)), 2) for training"
+        )
+    return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+
+
 def abs_tanh(x: Tensor) -> Tensor:
     """``|tanh(x)|`` elementwise (float32/float64; dense layouts such as channels-last are kept)."""
     return _ops.abs_tanh(x)
@@ -222,6 +243,12 @@ def _lc_conv2d_fake(input, weight, bias, stride=(1, 1), padding=(0, 0)):
 @torch.library.register_fake("tcdcn_ext::lc_conv2d_abs_tanh")
 def _lc_conv2d_abs_tanh_fake(input, weight, bias, stride=(1, 1), padding=(0, 0)):
     return _lc_conv2d_fake(input, weight, bias, stride, padding)
+
+
+@torch.library.register_fake("tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d")
+def _lc_conv2d_abs_tanh_maxpool2d_fake(input, weight, bias, stride=(1, 1), padding=(0, 0)):
+    shape = (input.shape[0], weight.shape[5], weight.shape[0] // 2, weight.shape[1] // 2)
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("tcdcn_ext::_lc_conv2d_backward")
@@ -280,7 +307,8 @@ torch.library.register_autograd("tcdcn_ext::lc_conv2d", _lc_backward, setup_cont
 
 def _fused_backward(ctx, grad_output):
     raise RuntimeError(
-        "lc_conv2d_abs_tanh is inference-only and has no backward; use abs_tanh(lc_conv2d(...)) for training"
+        "the fused lc_conv2d_abs_tanh ops are inference-only and have no backward; use abs_tanh(lc_conv2d(...)) "
+        "(and max_pool2d) for training"
     )
 
 
@@ -289,6 +317,8 @@ def _fused_setup_context(ctx, inputs, output):
 
 
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh", _fused_backward, setup_context=_fused_setup_context)
+torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d", _fused_backward,
+                                setup_context=_fused_setup_context)
 
 
 def _abs_tanh_setup_context(ctx, inputs, output):

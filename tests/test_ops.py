@@ -339,3 +339,41 @@ def test_face_patches_errors():
     torch.library.opcheck(torch.ops.tcdcn_ext.face_patches.default,
                           (images[:2], torch.tensor([0, 1]), FACE_BOXES[:2], 8, 0, True),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 40])
+@pytest.mark.parametrize("shape", TCDCN_SHAPES[:3] + [(3, 9, 9, 2, 5, 1, 0), (2, 9, 8, 3, 17, 2, 1)])
+def test_fused_maxpool_matches_reference(n, shape):
+    x, w, b, s, p = make(shape, n)
+    for isa in ops.cpu_isas_supported():
+        with ops.use_cpu_isa(isa), torch.no_grad():
+            got = ops.lc_conv2d_abs_tanh_maxpool2d(x, w, b, s, p)
+            want = ref.lc_conv2d_abs_tanh_maxpool2d(x, w, b, s, p)
+            assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_maxpool_nan_refuses_grad_and_opcheck():
+    x, w, b, s, p = make(ODD_SHAPES[0], 2)
+    x[0, 0, 2, 2] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(ops.lc_conv2d_abs_tanh_maxpool2d(x, w, b),
+                                   ref.lc_conv2d_abs_tanh_maxpool2d(x, w, b), equal_nan=True, rtol=1e-5, atol=1e-5)
+    w.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        ops.lc_conv2d_abs_tanh_maxpool2d(x, w, b)
+    with torch.no_grad():
+        torch.library.opcheck(torch.ops.tcdcn_ext.lc_conv2d_abs_tanh_maxpool2d.default,
+                              (x, w.detach(), b, [1, 1], [0, 0]), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_model_inference_path_equals_training_path():
+    from tcdcn_ext.model import TCDCN
+
+    m = TCDCN().eval()
+    x = torch.randn(5, 1, 40, 40)
+    train_path = m(x)  # grad enabled: the unfused ops
+    with torch.inference_mode():
+        fused = m(x)  # lc_conv2d + |tanh| + max pooling fused
+    for k in train_path:
+        torch.testing.assert_close(fused[k], train_path[k].detach(), rtol=1e-4, atol=1e-4)

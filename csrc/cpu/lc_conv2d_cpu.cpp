@@ -56,12 +56,17 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   return g;
 }
 
+// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h).
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        at::IntArrayRef stride, at::IntArrayRef padding, bool act, const char* op) {
+                        at::IntArrayRef stride, at::IntArrayRef padding, int epilogue, const char* op) {
   const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op);
   TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
+  const bool pool = epilogue == 2;
+  const auto cl = input.options().memory_format(at::MemoryFormat::ChannelsLast);
   // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose.
-  at::Tensor out = at::empty({s.N, s.C_out, s.H_out, s.W_out}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // (at::zeros ignores the memory format of the options: allocate channels-last, then fill.)
+  at::Tensor out = pool ? at::empty({s.N, s.C_out, s.H_out / 2, s.W_out / 2}, cl).zero_()
+                        : at::empty({s.N, s.C_out, s.H_out, s.W_out}, cl);
   if (out.numel() == 0) return out;
   const at::Tensor x = pad_input(input, s);
   const at::Tensor w = weight.contiguous();
@@ -77,7 +82,7 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
-      k.forward(g, xp, wp, bp, op_, l0, l1, act);
+      k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
     });
   });
   return out;
@@ -85,13 +90,19 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
 
 at::Tensor lc_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          at::IntArrayRef stride, at::IntArrayRef padding) {
-  return forward_impl(input, weight, bias, stride, padding, /*act=*/false, "lc_conv2d");
+  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/0, "lc_conv2d");
 }
 
 at::Tensor lc_conv2d_abs_tanh_cpu(const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding) {
-  return forward_impl(input, weight, bias, stride, padding, /*act=*/true, "lc_conv2d_abs_tanh");
+  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/1, "lc_conv2d_abs_tanh");
+}
+
+at::Tensor lc_conv2d_abs_tanh_maxpool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                            at::IntArrayRef padding) {
+  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/2, "lc_conv2d_abs_tanh_maxpool2d");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::Tensor& grad_output,
@@ -159,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
 TORCH_LIBRARY_IMPL(tcdcn_ext, CPU, m) {
   m.impl("lc_conv2d", &lc_conv2d_cpu);
   m.impl("lc_conv2d_abs_tanh", &lc_conv2d_abs_tanh_cpu);
+  m.impl("lc_conv2d_abs_tanh_maxpool2d", &lc_conv2d_abs_tanh_maxpool2d_cpu);
   m.impl("_lc_conv2d_backward", &lc_conv2d_backward_cpu);
 }
 

@@ -11,6 +11,52 @@
 
 namespace {
 
+// Epilogues of the forward: kPlain stores the sum, kAbsTanh stores |tanh(sum)|, kAbsTanhMaxPool max-accumulates
+// |tanh(sum)| into the 2x2 max-pooled output (zero-initialised by the caller; |tanh| >= 0, and NaN propagates as
+// in torch's max_pool2d).
+enum Epilogue : int { kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2 };
+
+template <typename T>
+inline void store_out(T* dst, typename VT<T>::vec v, int mode) {
+  if (mode == kPlain) {
+    vstore<T>(dst, v);
+    return;
+  }
+  v = act_vec(v);
+  if (mode == kAbsTanh) {
+    vstore<T>(dst, v);
+    return;
+  }
+  const typename VT<T>::vec o = vload<T>(dst);
+  vstore<T>(dst, (o != o) ? o : (((v > o) | (v != v)) ? v : o));
+}
+
+template <typename T>
+inline void store_out_scalar(T* dst, T v, int mode) {
+  if (mode == kPlain) {
+    *dst = v;
+    return;
+  }
+  v = abs_tanh_scalar(v);
+  if (mode == kAbsTanh) {
+    *dst = v;
+    return;
+  }
+  const T o = *dst;
+  *dst = (o != o) ? o : ((v > o || v != v) ? v : o);
+}
+
+// Output slot of location l: l itself, or its 2x2 pooling cell; pooled() tells whether floor-mode pooling drops it.
+inline int64_t out_slot(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
+  return mode == kAbsTanhMaxPool ? ((l / g.W_out) / 2) * (g.W_out / 2) + (l % g.W_out) / 2 : l;
+}
+inline bool dropped_by_pool(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
+  return mode == kAbsTanhMaxPool && ((l / g.W_out) >= 2 * (g.H_out / 2) || (l % g.W_out) >= 2 * (g.W_out / 2));
+}
+inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
+  return mode == kAbsTanhMaxPool ? (g.H_out / 2) * (g.W_out / 2) : g.L();
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // lc_conv2d forward. For one output location l the weights w[l] are a [K, C_out] matrix shared by every face,
 // so the batch is a small GEMM [N, K] x [K, C_out]: a register tile of R faces x V channel vectors, with the
@@ -18,7 +64,7 @@ namespace {
 
 template <typename T, int R, int V>
 inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const T* wl, const T* btile, T* out0,
-                        int64_t out_stride, bool act) {
+                        int64_t out_stride, int mode) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -39,24 +85,24 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   }
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) {
-      vstore<T>(out0 + r * out_stride + v * W, act ? act_vec(acc[r][v]) : acc[r][v]);
+      store_out<T>(out0 + r * out_stride + v * W, acc[r][v], mode);
     }
   }
 }
 
 template <typename T, int V>
 inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* wl, const T* btile,
-                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, bool act) {
+                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode) {
   constexpr int R = rows_for(V);
   const T* rows[R];
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
-    lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
+    lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
   }
   for (; n < n1; ++n) {
     rows[0] = in + n * g.in_sN + base;
-    lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, act);
+    lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
   }
 }
 
@@ -65,7 +111,7 @@ inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base,
 // with its own weights (every weight is used once, so this path streams the weights at load-port speed).
 template <typename T, int R, int V>
 inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, const T* w, const T* bias, T* out_n,
-                        int64_t c0, bool act) {
+                        int64_t c0, int mode) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -85,17 +131,20 @@ inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, c
       for (int v = 0; v < V; ++v) acc[r][v] += x * vload<T>(wr[r] + k * C + v * W);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) vstore<T>(out_n + (l + r) * C + c0 + v * W, act ? act_vec(acc[r][v]) : acc[r][v]);
+  for (int r = 0; r < R; ++r) {
+    if (dropped_by_pool(g, l + r, mode)) continue;
+    T* dst = out_n + out_slot(g, l + r, mode) * C + c0;
+    for (int v = 0; v < V; ++v) store_out<T>(dst + v * W, acc[r][v], mode);
+  }
 }
 
 template <typename T, int V>
 inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const T* w, const T* bias, T* out_n,
-                             int64_t l0, int64_t l1, int64_t c0, bool act) {
+                             int64_t l0, int64_t l1, int64_t c0, int mode) {
   constexpr int R = rows_for(V) < 8 ? rows_for(V) : 8;
   int64_t l = l0;
-  for (; l + R <= l1; l += R) lc_fwd_locs<T, R, V>(g, in_n, l, w, bias, out_n, c0, act);
-  for (; l < l1; ++l) lc_fwd_locs<T, 1, V>(g, in_n, l, w, bias, out_n, c0, act);
+  for (; l + R <= l1; l += R) lc_fwd_locs<T, R, V>(g, in_n, l, w, bias, out_n, c0, mode);
+  for (; l < l1; ++l) lc_fwd_locs<T, 1, V>(g, in_n, l, w, bias, out_n, c0, mode);
 }
 
 // Batches up to this size take the location-tiled path.
@@ -103,31 +152,32 @@ constexpr int64_t kSmallBatch = 2;
 
 template <typename T>
 void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out,
-                            int64_t l0, int64_t l1, bool act) {
+                            int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, L = g.L();
   const int64_t c_full = (C / W) * W;
   for (int64_t n = 0; n < g.N; ++n) {
     const T* in_n = in + n * g.in_sN;
-    T* out_n = out + n * L * C;
+    T* out_n = out + n * out_slots(g, mode) * C;
     for (int64_t c0 = 0; c0 < c_full;) {
       const int64_t nv = (c_full - c0) / W;
       const int V = nv >= 4 ? 4 : int(nv);
       switch (V) {
-        case 4: lc_fwd_loc_range<T, 4>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
-        case 3: lc_fwd_loc_range<T, 3>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
-        case 2: lc_fwd_loc_range<T, 2>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
-        default: lc_fwd_loc_range<T, 1>(g, in_n, w, bias, out_n, l0, l1, c0, act); break;
+        case 4: lc_fwd_loc_range<T, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 3: lc_fwd_loc_range<T, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 2: lc_fwd_loc_range<T, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        default: lc_fwd_loc_range<T, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
       }
       c0 += V * W;
     }
     for (int64_t l = l0; l < l1; ++l) {  // channels that do not fill a vector
+      if (dropped_by_pool(g, l, mode)) continue;
       const T* row = in_n + g.in_base(l);
       const T* wl = w + l * K * C;
       for (int64_t co = c_full; co < C; ++co) {
         T acc = bias ? bias[l * C + co] : T(0);
         for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
-        out_n[l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+        store_out_scalar<T>(out_n + out_slot(g, l, mode) * C + co, acc, mode);
       }
     }
   }
@@ -142,15 +192,15 @@ constexpr int64_t kWeightChunkBytes = 512 * 1024;
 // contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
 template <typename T>
 void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
-                int64_t l1, bool act) {
+                int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
   if (N <= kSmallBatch) {
-    lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, act);
+    lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, mode);
     return;
   }
   const int64_t c_full = (C / W) * W;
-  const int64_t out_stride = L * C;
+  const int64_t out_stride = out_slots(g, mode) * C;
   const int64_t wl_bytes = K * C * int64_t(sizeof(T));
   const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / (wl_bytes > 0 ? wl_bytes : 1);
   const T zeros[4 * W] = {};
@@ -159,18 +209,19 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
     for (int64_t nb = 0; nb < N; nb += kFaceBlock) {
       const int64_t ne = nb + kFaceBlock < N ? nb + kFaceBlock : N;
       for (int64_t l = lc0; l < lc1; ++l) {
+        if (dropped_by_pool(g, l, mode)) continue;
         const T* wl = w + l * K * C;
         const int64_t base = g.in_base(l);
         for (int64_t c0 = 0; c0 < c_full;) {
           const int64_t nv = (c_full - c0) / W;
           const int V = nv >= 4 ? 4 : int(nv);
           const T* bt = bias ? bias + l * C + c0 : zeros;
-          T* o = out + l * C + c0;
+          T* o = out + out_slot(g, l, mode) * C + c0;
           switch (V) {
-            case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
-            case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
-            case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
-            default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, act); break;
+            case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
           }
           c0 += V * W;
         }
@@ -179,7 +230,7 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
             const T* row = in + n * g.in_sN + base;
             T acc = bias ? bias[l * C + co] : T(0);
             for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
-            out[n * out_stride + l * C + co] = act ? abs_tanh_scalar(acc) : acc;
+            store_out_scalar<T>(out + n * out_stride + out_slot(g, l, mode) * C + co, acc, mode);
           }
         }
       }
