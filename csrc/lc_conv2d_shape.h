@@ -38,6 +38,9 @@ inline LcShape lc_conv2d_shape(const at::Tensor& input, const at::Tensor& weight
               stride, " and ", padding);
   TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, op, ": stride must be >= 1, got ", stride);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, op, ": padding must be >= 0, got ", padding);
+  // Bounded so that H + 2 * padding cannot overflow (and a padded input stays allocatable).
+  TORCH_CHECK(padding[0] <= (int64_t(1) << 31) && padding[1] <= (int64_t(1) << 31), op,
+              ": padding must be <= 2^31, got ", padding);
   LcShape s{};
   s.N = input.size(0);
   s.C_in = input.size(1);

@@ -29,6 +29,9 @@ fit the array raises :class:`ImageError` (a ``ValueError``) naming the input. An
 
 Thread safety: an :class:`Aligner` may be shared by threads. Calls keep all their state in local variables; the
 model is only read (eval mode, ``torch.inference_mode``); the built-in detector serialises its own calls with a lock.
+Results from several threads equal the sequential ones bit for bit as long as every thread runs torch with the same
+thread count: ``torch.set_num_threads`` is per-thread OpenMP state, and a BLAS call (the fully connected layer)
+sums in a different order with a different number of threads (differences of ~1e-5 px).
 """
 
 from __future__ import annotations
@@ -298,7 +301,10 @@ def _from_file(path: Path, name: "str | _Label") -> _Pixels:
         raise ImageError(f"{name}: empty file (0 bytes)")
     # IMREAD_COLOR applies the EXIF orientation; ANYDEPTH keeps 16-bit files 16-bit so they can be refused rather
     # than silently truncated.
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV's limit (a decompression bomb)
+        raise ImageError(f"{name}: cannot be decoded ({str(exc).strip().splitlines()[-1]})") from exc
     if img is None:
         raise ImageError(f"{name}: not a decodable image, or the file is truncated/corrupt")
     if img.dtype != np.uint8:

@@ -351,6 +351,9 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
         raise WeightsError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
         raise WeightsError(f"{path}: not a tcdcn_ext weights file (expected keys 'config' and 'state_dict')")
+    state = blob["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: 'state_dict' must map parameter names to tensors")
     try:
         model = TCDCN(TCDCNConfig.from_dict(blob["config"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
