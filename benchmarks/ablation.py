@@ -4,7 +4,9 @@ faces, annotated boxes); results go to ``benchmarks/results/ablation.json`` and 
 
     python benchmarks/ablation.py --epochs 20 --jobs 2 --out /path/to/runs
 
-Runs already finished in ``--out`` are reused, so the script can be stopped and restarted. The ablation uses a
+Runs already finished in ``--out`` are reused, so the script can be stopped and restarted. The runs are started
+with ``--out`` as their working directory, so they import the installed (or ``PYTHONPATH``) tcdcn_ext, never a
+source tree in the current directory that may be rebuilt while they run. The ablation uses a
 shorter schedule than the shipped model (see tcdcn_ext/weights/MODEL_CARD.md) so that all runs fit in an evening
 on two cores; compare rows with each other, not with the shipped model.
 """
@@ -45,7 +47,7 @@ def slug(name: str) -> str:
 
 def run_one(name: str, args) -> dict:
     aux, seed, extra = CONFIGS[name]
-    out = Path(args.out) / slug(name)
+    out = Path(args.out).resolve() / slug(name)
     summary = out / "test_summary.json"
     if summary.exists():
         return json.loads(summary.read_text())
@@ -54,9 +56,10 @@ def run_one(name: str, args) -> dict:
     if (out / "checkpoint.pt").exists():
         cmd.append("--resume")
     t0 = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=out.parent)
     subprocess.run([sys.executable, "-m", "tcdcn_ext", "eval", "--model", str(out / "best.pt"), "--json",
-                    str(summary), "--threads", "1", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+                    str(summary), "--threads", "1", "--quiet"], check=True, stdout=subprocess.DEVNULL, cwd=out.parent)
     res = json.loads(summary.read_text())
     res["train_seconds"] = round(time.time() - t0)
     res["stopped_at"] = json.loads((out / "summary.json").read_text()).get("stopped_at", {})
