@@ -608,6 +608,13 @@ class Aligner:
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Landmarks ``[F, P, 2]`` (image pixels, averaged over ``shifts``) and class probabilities of the faces
         ``(pixels, box)``: batched forward passes of up to ``batch_size`` inputs."""
+        # The network sees each box enlarged by its config.box_scale (the 68-point model's framing); shifts are
+        # fractions of the given box, i.e. shift / box_scale of the enlarged one. The boxes used come back in the
+        # enlarged frame, which is the frame the network's output is in, so from_box_frame below stays exact.
+        scale = float(self.model.config.box_scale)
+        if scale != 1.0:
+            pairs = [(pix, self.model.input_boxes(b)[0].astype(np.float64)) for pix, b in pairs]
+            shifts = shifts / scale
         k = len(shifts)
         per = max(1, self.batch_size // k)  # faces per forward pass
         chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]

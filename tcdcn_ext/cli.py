@@ -36,6 +36,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--predictions", default=None, help="write per-face predictions CSV here")
     p.add_argument("--plot", default=None, help="write the CED plot PNG here")
     p.add_argument("--mirror-average", action="store_true", help="average with the mirrored face's prediction")
+    p.add_argument("--averaged", action="store_true", help="TCDCN-Averaged: landmarks averaged over 20 shifted "
+                   "boxes (tcdcn_ext.averaging.DEFAULT_SHIFTS_20); attribute probabilities stay single-pass")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -57,8 +59,14 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     if fs.num_points != model.num_points:
         raise SystemExit(f"tcdcn-eval: {split} has {fs.num_points}-point annotations but the model predicts "
                          f"{model.num_points}")
+    if args.averaged and args.mirror_average:
+        raise SystemExit("tcdcn-eval: --averaged and --mirror-average cannot be combined")
     pred, probs = ev.predict_faceset(model, fs, args.batch_size, progress=not args.quiet,
                                      mirror_average=args.mirror_average)
+    if args.averaged:
+        from .averaging import predict_averaged
+
+        pred = predict_averaged(model, fs.images, fs.boxes, batch_size=args.batch_size)
     attrs = {k: v for k, v in fs.attributes.items() if k in probs}
     summary = ev.evaluate_predictions(pred, fs.landmarks, attrs or None, {k: probs[k] for k in attrs} or None)
     summary["model"], summary["data"], summary["faces"] = str(args.model), str(split), len(fs)
