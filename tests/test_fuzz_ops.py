@@ -232,6 +232,13 @@ def _lc_property(case, draw):
     want = _ref_forward(x, wt, b, s, p)
     _close(out, want, dtype, "lc_conv2d")
     _close(fused, ref.abs_tanh(want), dtype, "lc_conv2d_abs_tanh")
+    if device == "cpu":  # + 2x2 max pooling (a CPU-only inference op)
+        with _isa_ctx(device, c["isa"]), torch.no_grad():
+            pooled = ops.lc_conv2d_abs_tanh_maxpool2d(x, wt, b, s, p)
+        assert pooled.shape == (n, c_out, ho // 2, wo // 2), pooled.shape
+        if pooled.numel():
+            _close(pooled, torch.nn.functional.max_pool2d(ref.abs_tanh(want), 2), dtype,
+                   "lc_conv2d_abs_tanh_maxpool2d")
 
     # The backward op, called directly with this case's output_mask, against autograd through the reference.
     g = torch.randn(want.shape, dtype=dtype)
@@ -503,3 +510,46 @@ def test_padding_overflow_is_refused_by_name():
     w = torch.randn(3, 5, 1, 1, 1, 2)  # the 3x5 output that the wrapped arithmetic 5 + 2 * (2**63 - 1) = 3 gives
     with pytest.raises(RuntimeError, match="padding"):
         ops.lc_conv2d(x, w, None, 1, (2 ** 63 - 1, 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# face_patches
+
+
+@st.composite
+def face_patch_cases(draw):
+    images = []
+    for _ in range(draw(st.integers(1, 3))):
+        h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+        channels = draw(st.sampled_from([None, 1, 3, 4]))
+        shape = (h, w) if channels is None else (h, w, channels)
+        t = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(draw(
+            st.integers(0, 2 ** 16))))
+        if draw(st.booleans()) and t.dim() == 3:
+            t = t.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous rows
+        images.append(t)
+    f = draw(st.integers(0, 5))
+    index = torch.tensor([draw(st.integers(0, len(images) - 1)) for _ in range(f)], dtype=torch.int64)
+    coord = st.floats(-60, 100, allow_nan=False, allow_infinity=False)
+    boxes = []
+    for _ in range(f):
+        x0, y0 = draw(coord), draw(coord)
+        boxes.append([x0, y0, x0 + draw(st.floats(0.01, 80)), y0 + draw(st.floats(0.01, 80))])
+    return dict(images=images, index=index, boxes=torch.tensor(boxes, dtype=torch.float64).reshape(f, 4),
+                size=draw(st.sampled_from([1, 2, 7, 40])), order=draw(st.sampled_from(["rgb", "bgr"])),
+                standardise=draw(st.booleans()))
+
+
+def _face_patches_body(case):
+    c = case
+    got = ops.face_patches(c["images"], c["index"], c["boxes"], c["size"], c["order"], c["standardise"])
+    want = ref.face_patches(c["images"], c["index"], c["boxes"], c["size"], 1 if c["order"] == "bgr" else 0,
+                            c["standardise"])
+    assert got.shape == want.shape == (len(c["index"]), 1, c["size"], c["size"])
+    # Standardising a nearly constant patch divides by a tiny std: compare the unstandardised values there.
+    tol = dict(rtol=1e-4, atol=2e-3) if c["standardise"] else dict(rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got, want, **tol)
+
+
+test_face_patches_match_reference, test_face_patches_match_reference_slow = _both(
+    _face_patches_body, FAST_SMALL, SLOW_SMALL, case=face_patch_cases())
