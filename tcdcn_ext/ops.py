@@ -153,6 +153,13 @@ def lc_conv2d(
     return _ops.lc_conv2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
+def _refuse_grad(op: str, training_form: str, *tensors: Tensor | None) -> None:
+    """The fused ops have no backward: say so before running rather than at ``backward()``."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"{op} is inference-only and has no backward: call it under torch.no_grad() / "
+                           f"torch.inference_mode(), or use {training_form} for training")
+
+
 def lc_conv2d_abs_tanh(
     input: Tensor,
     weight: Tensor,
@@ -161,11 +168,7 @@ def lc_conv2d_abs_tanh(
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
     """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
-        raise RuntimeError(
-            "lc_conv2d_abs_tanh is inference-only and has no backward: call it under torch.no_grad() / "
-            "torch.inference_mode(), or use abs_tanh(lc_conv2d(...)) for training"
-        )
+    _refuse_grad("lc_conv2d_abs_tanh", "abs_tanh(lc_conv2d(...))", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
@@ -181,11 +184,7 @@ def lc_conv2d_abs_tanh_maxpool2d(
     Returns Tensor[N, C_out, H_out // 2, W_out // 2] with channels-last strides. NaN propagates like
     ``max_pool2d``.
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias)):
-        raise RuntimeError(
-            "lc_conv2d_abs_tanh_maxpool2d is inference-only and has no backward: call it under torch.no_grad() / "
-            "torch.inference_mode(), or use max_pool2d(abs_tanh(lc_conv2d(...)), 2) for training"
-        )
+    _refuse_grad("lc_conv2d_abs_tanh_maxpool2d", "max_pool2d(abs_tanh(lc_conv2d(...)), 2)", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 

@@ -46,14 +46,6 @@ FAST_SMALL = settings(max_examples=60, **_COMMON)
 SLOW_SMALL = settings(max_examples=800, **_COMMON)
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """``slow`` tests run only when the mark expression names them (``pytest -m slow``): plain ``pytest`` (CI) skips
-    them. (A conftest/pyproject ``-m "not slow"`` default would do this for every file; these files are
-    self-contained.)"""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with pytest -m slow")
-
 
 def _both(body, fast, slow, *strategies, **kw_strategies):
     """The property ``body`` as a fast default test and a ``slow``-marked one with many more examples."""

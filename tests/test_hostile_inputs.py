@@ -35,14 +35,6 @@ CROP_BOX = (57.0, 57.0, 145.0, 145.0)  # the same face inside CROP
 CROP = (slice(20, 220), slice(120, 320))
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """``slow`` tests run only when the mark expression names them (``pytest -m slow``): plain ``pytest`` (CI) skips
-    them. (A conftest/pyproject ``-m "not slow"`` default would do this for every file; these files are
-    self-contained.)"""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with pytest -m slow")
-
 
 @pytest.fixture(scope="module")
 def boxed() -> Aligner:

@@ -18,14 +18,6 @@ ASTRONAUT = Path(str(files("tcdcn_ext") / "assets" / "astronaut.jpg"))
 BOX = np.array([177.0, 77.0, 265.0, 165.0])  # the astronaut's face (model box convention)
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request):
-    """``slow`` tests run only when the mark expression names them (``pytest -m slow``): plain ``pytest`` (CI) skips
-    them. (A conftest/pyproject ``-m "not slow"`` default would do this for every file; these files are
-    self-contained.)"""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with pytest -m slow")
-
 
 @pytest.fixture(scope="module")
 def rgb() -> np.ndarray:
