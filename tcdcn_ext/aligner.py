@@ -355,25 +355,32 @@ def _needs_area_shrink(box: np.ndarray, size: int) -> bool:
 
 
 def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], shifts: np.ndarray, size: int
-                  ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Standardised inputs ``[F*K, 1, S, S]`` of every (pixels, box) pair and shift, and the boxes used.
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+    """Standardised inputs ``[F*K, 1, S, S]`` of every (pixels, box) pair and shift, and the boxes used
+    ``[F, K, 4]``.
 
     Faces up to ``3 S`` pixels go through the C++ op :func:`tcdcn_ext.ops.face_patches` in one call per channel
     order (bilinear straight from the uint8 image, as :func:`_face_inputs`); larger ones take :func:`_face_inputs`,
-    which first shrinks them with ``INTER_AREA``.
+    which first shrinks them with ``INTER_AREA``. Per face only the image slot is looked up in Python; the box
+    arithmetic is vectorised (this runs for every face of a batch).
     """
     k = len(shifts)
-    used = [_shifted_boxes(b, shifts) for _, b in pairs]
+    boxes = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    if k == 1 and not shifts.any():
+        used = boxes[:, None, :].copy()
+    else:
+        used = boxes[:, None, :] + shifts[None, :, [0, 1, 0, 1]] * np.concatenate([wh, wh], axis=1)[:, None, :]
+    shrink = wh.max(axis=1) > _SHRINK_ABOVE * size
     x = torch.empty(len(pairs) * k, 1, size, size)
-    groups: dict[int, tuple[list, dict, list, list]] = {}  # channel order -> (images, id -> slot, index, rows)
+    groups: dict[int, tuple[list, dict, list, list]] = {}  # channel order -> (images, id -> slot, slots, faces)
     for i, (pix, b) in enumerate(pairs):
-        if _needs_area_shrink(b, size):
+        if shrink[i]:
             patches = np.zeros((k, size, size), np.float32)
             _face_inputs(pix, b, shifts, patches)
             x[i * k:(i + 1) * k, 0] = _standardise(patches)
             continue
-        order = 1 if pix.order == "bgr" else 0
-        images, slots, index, rows = groups.setdefault(order, ([], {}, [], []))
+        images, slots, slot_of_face, faces = groups.setdefault(1 if pix.order == "bgr" else 0, ([], {}, [], []))
         slot = slots.get(id(pix))
         if slot is None:
             a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
@@ -381,11 +388,13 @@ def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], shifts: np.ndarray,
                 a = np.ascontiguousarray(a)
             slot = slots[id(pix)] = len(images)
             images.append(torch.from_numpy(a))
-        index.extend([slot] * k)
-        rows.extend(range(i * k, (i + 1) * k))
-    for order, (images, _, index, rows) in groups.items():
-        boxes = torch.from_numpy(np.concatenate([used[r // k][r % k:r % k + 1] for r in rows]))
-        x[rows] = ops.face_patches(images, torch.tensor(index, dtype=torch.int64), boxes, size,
+        slot_of_face.append(slot)
+        faces.append(i)
+    for order, (images, _, slot_of_face, faces) in groups.items():
+        faces_a = np.asarray(faces)
+        rows = torch.from_numpy((faces_a[:, None] * k + np.arange(k)[None, :]).reshape(-1))
+        index = torch.from_numpy(np.repeat(np.asarray(slot_of_face, np.int64), k))
+        x[rows] = ops.face_patches(images, index, torch.from_numpy(used[faces_a].reshape(-1, 4)), size,
                                    "bgr" if order else "rgb")
     return x, used
 
@@ -442,8 +451,8 @@ def _valid_boxes(boxes: Any, name: "str | _Label") -> np.ndarray:
         b = np.asarray(boxes, np.float64).reshape(-1, 4)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name}: boxes must be [N, 4] (x0, y0, x1, y1), got {boxes!r}") from exc
-    bad = ~np.all(np.isfinite(b), axis=1) | ~(b[:, 2] > b[:, 0]) | ~(b[:, 3] > b[:, 1])
-    if bad.any():
+    if not (np.isfinite(b).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+        bad = ~np.all(np.isfinite(b), axis=1) | ~(b[:, 2] > b[:, 0]) | ~(b[:, 3] > b[:, 1])
         raise ValueError(f"{name}: invalid boxes (need finite x0 < x1, y0 < y1): {b[bad][:3].tolist()}")
     return b
 

@@ -154,7 +154,7 @@ template <typename T>
 void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out,
                             int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
-  const int64_t K = g.K(), C = g.C_out, L = g.L();
+  const int64_t K = g.K(), C = g.C_out;
   const int64_t c_full = (C / W) * W;
   for (int64_t n = 0; n < g.N; ++n) {
     const T* in_n = in + n * g.in_sN;
@@ -194,7 +194,7 @@ template <typename T>
 void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
                 int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
-  const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
+  const int64_t K = g.K(), C = g.C_out, N = g.N;
   if (N <= kSmallBatch) {
     lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, mode);
     return;
