@@ -11,6 +11,9 @@ import json
 from collections import defaultdict
 
 
+LAYER_NAMES = {"L1_40x40x1_k5_16", "L2_18x18x16_k3_48", "L3_8x8x48_k3_64", "L4_3x3x64_k2_64"}
+
+
 def summarise(path: str) -> str:
     data = json.load(open(path))
     rows: dict[tuple, dict[str, float]] = defaultdict(dict)
@@ -27,8 +30,9 @@ def summarise(path: str) -> str:
         if "ours" in r and "reference" in r:
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {1e3 * r['ours']:.3f} | "
                          f"{1e3 * r['reference']:.3f} | {r['reference'] / r['ours']:.1f}x |")
-            for impl in ("ours", "reference"):
-                totals[key[:3]][impl] += r[impl]
+            if key[3] in LAYER_NAMES:  # sums over the four TCDCN layers only (not the whole-model rows)
+                for impl in ("ours", "reference"):
+                    totals[key[:3]][impl] += r[impl]
     for key in sorted(totals):
         t = totals[key]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | **sum of 4 layers** | **{1e3 * t['ours']:.3f}** | "
