@@ -16,7 +16,11 @@ import pytest
 import torch
 from test_model_train import write_synthetic_split
 
-ROOT = Path(__file__).resolve().parents[1]
+import tcdcn_ext
+
+# The child trainings import the tcdcn_ext this process imported (installed package or in-place build) and start
+# outside the source tree, whose tcdcn_ext (without _C) would shadow it.
+PKG_PARENT = str(Path(tcdcn_ext.__file__).resolve().parents[1])
 EPOCHS = 5
 
 
@@ -28,7 +32,7 @@ def _cmd(split: Path, out: Path, resume: bool) -> list[str]:
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return dict(os.environ, PYTHONPATH=PKG_PARENT, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 def _epoch_of(ckpt: Path) -> int:
@@ -38,7 +42,8 @@ def _epoch_of(ckpt: Path) -> int:
 
 def _start(split: Path, out: Path, resume: bool) -> subprocess.Popen:
     log = open(out.parent / f"{out.name}.stderr", "ab")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(_cmd(split, out, resume), cwd=str(ROOT), env=_env(), stdout=log, stderr=log)
+    return subprocess.Popen(_cmd(split, out, resume), cwd=str(split.parent), env=_env(), stdout=log,
+                            stderr=log)
 
 
 def _kill(proc: subprocess.Popen) -> int:
@@ -65,7 +70,8 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     ckpt = run_dir / "checkpoint.pt"
     tmp_ckpt = run_dir / "checkpoint.pt.tmp"
 
-    ref = subprocess.run(_cmd(split, ref_dir, False), cwd=str(ROOT), env=_env(), capture_output=True, timeout=900)
+    ref = subprocess.run(_cmd(split, ref_dir, False), cwd=str(split.parent), env=_env(), capture_output=True,
+                         timeout=900)
     assert ref.returncode == 0, ref.stderr.decode()[-3000:]
 
     kills: list[tuple[str, int, bool]] = []  # (how, checkpoint epoch after the kill, a .tmp was left)
@@ -93,7 +99,8 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     assert any(epoch < EPOCHS for _, epoch, _ in kills), "every kill came too late to interrupt anything"
 
     # Resume to the end.
-    done = subprocess.run(_cmd(split, run_dir, True), cwd=str(ROOT), env=_env(), capture_output=True, timeout=900)
+    done = subprocess.run(_cmd(split, run_dir, True), cwd=str(split.parent), env=_env(), capture_output=True,
+                          timeout=900)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert not list(run_dir.glob("*.tmp")), "a temp file was left behind"
 

@@ -14,6 +14,7 @@ import json
 import os
 import struct
 import subprocess
+import tempfile
 import sys
 import textwrap
 import zlib
@@ -25,10 +26,13 @@ import numpy as np
 import pytest
 import torch
 
+import tcdcn_ext
 from tcdcn_ext.aligner import Aligner, Face, ImageError
 from tcdcn_ext.model import shipped_models
 
-ROOT = Path(__file__).resolve().parents[1]
+# Child interpreters must import the tcdcn_ext this process imported (the installed package in CI, an in-place
+# build in a checkout) and must not start in the source tree, whose tcdcn_ext (without _C) would shadow it.
+PKG_PARENT = str(Path(tcdcn_ext.__file__).resolve().parents[1])
 ASTRONAUT = Path(str(files("tcdcn_ext") / "assets" / "astronaut.jpg"))
 BOX = (177.0, 77.0, 265.0, 165.0)  # the astronaut's face, model box convention (as in test_aligner.py)
 CROP_BOX = (57.0, 57.0, 145.0, 145.0)  # the same face inside CROP
@@ -264,10 +268,10 @@ al.align(np.zeros((64, 64), np.uint8), [(4, 4, 60, 60)])  # warm up: weights, ke
 def _run_child(body: str, timeout: float = 240) -> dict:
     """Run ``_CHILD_PRELUDE`` + ``body`` in a fresh interpreter; its last stdout line is JSON."""
     code = _CHILD_PRELUDE + textwrap.dedent(body)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, cwd=str(ROOT), env=env)
+                          timeout=timeout, cwd=tempfile.gettempdir(), env=env)
     assert proc.returncode == 0, f"child exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -404,8 +408,8 @@ def test_cli_mixed_folder_keeps_going(crop, tmp_path):
     (src / "notes.txt").write_text("ignored")
     out = tmp_path / "out.jsonl"
     proc = subprocess.run([sys.executable, "-m", "tcdcn_ext", "align", str(src), "--json", str(out), "--quiet",
-                           "--batch", "3"], capture_output=True, text=True, timeout=300, cwd=str(ROOT),
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                           "--batch", "3"], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=PKG_PARENT))
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
     lines = _jsonl(out)
     by_file = {Path(r["file"]).name: r for r in lines}
