@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernel_table.h"
-#include "lc_conv2d_shape.h"
+#include "abs_tanh_layout.h"
 
 namespace tcdcn {
 namespace {
@@ -13,8 +13,7 @@ namespace {
 constexpr int64_t kGrain = 1 << 14;
 
 at::Tensor abs_tanh_cpu(const at::Tensor& x_in) {
-  check_floating(x_in, "abs_tanh", "x");
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  const at::Tensor x = abs_tanh_dense_input(x_in);
   at::Tensor y = at::empty_like(x);  // same strides as x: both are walked as flat storage
   const int64_t n = x.numel();
   if (n == 0) return y;
@@ -28,16 +27,9 @@ at::Tensor abs_tanh_cpu(const at::Tensor& x_in) {
 }
 
 at::Tensor abs_tanh_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x_in) {
-  check_floating(x_in, "_abs_tanh_backward", "x");
-  TORCH_CHECK(grad_output.sizes() == x_in.sizes(), "_abs_tanh_backward: grad_output shape ", grad_output.sizes(),
-              " does not match x shape ", x_in.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == x_in.scalar_type(), "_abs_tanh_backward: grad_output dtype ",
-              grad_output.scalar_type(), " does not match x dtype ", x_in.scalar_type());
-  at::Tensor x = x_in, go = grad_output;
-  if (!(x.is_non_overlapping_and_dense() && go.strides() == x.strides())) {
-    x = x.contiguous();
-    go = go.contiguous();
-  }
+  const auto inputs = abs_tanh_backward_inputs(grad_output, x_in);
+  const at::Tensor& go = inputs.first;
+  const at::Tensor& x = inputs.second;
   at::Tensor gi = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return gi;

@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "cuda/cuda_utils.cuh"
-#include "lc_conv2d_shape.h"
+#include "abs_tanh_layout.h"
 
 namespace tcdcn {
 namespace {
@@ -40,7 +40,7 @@ at::Tensor abs_tanh_cuda(const at::Tensor& x_in) {
   check_floating(x_in, "abs_tanh", "x");
   cuda::check_cuda(x_in, "abs_tanh", "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  const at::Tensor x = abs_tanh_dense_input(x_in);
   at::Tensor y = at::empty_like(x);  // same strides as x: both are walked as flat storage
   const int64_t n = x.numel();
   if (n == 0) return y;
@@ -56,20 +56,13 @@ at::Tensor abs_tanh_cuda(const at::Tensor& x_in) {
 
 at::Tensor abs_tanh_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x_in) {
   const char* op = "_abs_tanh_backward";
-  check_floating(x_in, op, "x");
   cuda::check_cuda(x_in, op, "x");
   cuda::check_cuda(grad_output, op, "grad_output");
-  TORCH_CHECK(grad_output.sizes() == x_in.sizes(), op, ": grad_output shape ", grad_output.sizes(),
-              " does not match x shape ", x_in.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == x_in.scalar_type(), op, ": grad_output dtype ",
-              grad_output.scalar_type(), " does not match x dtype ", x_in.scalar_type());
   cuda::check_same_device(grad_output, x_in, op, "grad_output");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = x_in, go = grad_output;
-  if (!(x.is_non_overlapping_and_dense() && go.strides() == x.strides())) {
-    x = x.contiguous();
-    go = go.contiguous();
-  }
+  const auto inputs = abs_tanh_backward_inputs(grad_output, x_in);
+  const at::Tensor& go = inputs.first;
+  const at::Tensor& x = inputs.second;
   at::Tensor gi = at::empty_like(x);
   const int64_t n = x.numel();
   if (n == 0) return gi;
