@@ -64,3 +64,43 @@ def test_model_forward(benchmark, threads, n, impl):
     per_face_ms = 1e3 * benchmark.stats.stats.median / n
     benchmark.extra_info.update(per_face_ms=per_face_ms, faces_per_s=1e3 / per_face_ms,
                                 speedup_vs_paper_17ms=PAPER_CPU_MS / per_face_ms)
+
+
+# -- TCDCN-Averaged: the shift_average op vs one pass and vs 20 naive passes (batch 1, one thread) ------------------
+
+_ONE_PASS_MS: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("impl", ["one_pass", "shift_average_20", "naive_20_passes"])
+@pytest.mark.parametrize("name", ["5pt", "68pt"])
+def test_averaged(benchmark, threads, name, impl):
+    """Rows store ``ratio_vs_one_pass`` (the issue's bars: shift_average_20 <= 4x one pass, and naive_20 / ours
+    >= 4) in extra_info; the one-pass row of the same model runs first."""
+    from tcdcn_ext.averaging import default_shifts
+
+    if name not in shipped_models():
+        pytest.skip(f"no shipped {name} model")
+    torch.set_num_threads(1)
+    model = load_model(name)
+    s, shifts = model.input_size, default_shifts(model)
+    m = int(abs(shifts).max())
+    crop = torch.randn(1, 1, s + 2 * m, s + 2 * m, generator=torch.Generator().manual_seed(0))
+    windows = [crop[..., m + dy:m + dy + s, m + dx:m + dx + s].contiguous() for dx, dy in shifts.tolist()]
+
+    def run():
+        with torch.inference_mode():
+            if impl == "one_pass":
+                return model(windows[0])
+            if impl == "shift_average_20":
+                return model.predict_shift_average(crop, shifts)
+            return [model(w) for w in windows]
+
+    benchmark.group = f"TCDCN-Averaged {name}, batch 1, 1 thread"
+    benchmark.extra_info.update(model=name, impl=impl, shifts=len(shifts), threads=1)
+    benchmark.pedantic(run, rounds=60 if impl != "naive_20_passes" else 20, warmup_rounds=3, iterations=1)
+    med = 1e3 * benchmark.stats.stats.median
+    if impl == "one_pass":
+        _ONE_PASS_MS[name] = med
+    elif name in _ONE_PASS_MS:
+        benchmark.extra_info["ratio_vs_one_pass"] = med / _ONE_PASS_MS[name]
+    benchmark.extra_info["ms"] = med

@@ -25,6 +25,17 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Model inputs from uint8 images: face f's box (x0, y0, x1, y1) of images[image_index[f]] resampled to a
   // size x size grey patch (bilinear, 0 outside the image), optionally standardised per patch. channel_order:
   // 0 = RGB(A), 1 = BGR(A) (ignored for [H, W] grey images). Output [F, 1, size, size] float32.
+  // TCDCN-Averaged, inference only: the network run on K shifted S x S windows of each face crop [N, 1, H, W]
+  // (window k's top-left at ((H - S) / 2 + dy_k, (W - S) / 2 + dx_k), shifts = [dx_0, dy_0, dx_1, dy_1, ...]),
+  // with the convolutions (shared_conv) or the weight reads (locally connected) shared between the shifts.
+  // Layers: conv_weight[l] ([C_out, C_in, k, k] shared or [H_out, W_out, C_in, k, k, C_out] locally connected),
+  // conv_bias[l], activation ('abs_tanh' | 'relu'), 2x2 max pooling after layer l if pool_after[l]; then
+  // fc + activation and one linear head whose first 2 * num_points outputs are the landmarks (u, v) in the
+  // window frame. Returns (landmarks [N, num_points, 2] un-shifted into the centred window's frame and averaged
+  // over the shifts, heads [N, K, D] per shift).
+  m.def("shift_average(Tensor crop, int[] shifts, int window, Tensor[] conv_weight, Tensor[] conv_bias, "
+        "int[] pool_after, bool shared_conv, str activation, Tensor fc_weight, Tensor fc_bias, Tensor head_weight, "
+        "Tensor head_bias, int num_points) -> (Tensor, Tensor)");
   m.def("face_patches(Tensor[] images, Tensor image_index, Tensor boxes, int size, int channel_order, "
         "bool standardise) -> Tensor");
 }

@@ -1,32 +1,28 @@
-"""TCDCN-Averaged, the reference (oracle) implementation in plain PyTorch/NumPy.
+"""TCDCN-Averaged: landmarks averaged over small translations of the network's input window.
 
-The paper's 68-point report averages the predictions of the network over small translations of the face box.
-This module fixes the exact semantics, so that a fused ``shift_average`` operator can be checked against it.
+The paper's 68-point report predicts from 20 translated copies of the input and averages, noting that the
+convolutions are shared between the translations. Here the translations are whole pixels of the network's input
+grid, so that sharing is exact (:func:`tcdcn_ext.ops.shift_average`).
 
-Definitions, for a face with the given box ``b = (x0, y0, x1, y1)`` (image pixels, pixel-centre convention),
-``w = x1 - x0``, ``h = y1 - y0``, and shifts ``s_k = (sx_k, sy_k)``, ``k = 0 .. K-1``:
+Definitions, for a face with the given box ``b`` and a model of input side ``S`` (and ``config.box_scale``):
 
-1. **Shifted boxes** (units: fractions of the given box's width / height, not pixels)::
+1. **Crop with a margin** (:func:`shift_crops`): the box the network sees (``model.input_boxes(b)``) is resampled to
+   ``(S + 2m) x (S + 2m)`` grey pixels on the same pixel grid as the plain ``S x S`` input, extended by ``m``
+   pixels on each side (bilinear, black outside the image). The crop is standardised with the mean and standard
+   deviation of its centred ``S x S`` window, so that window is exactly the plain input (:meth:`TCDCN.preprocess`),
+   and every shifted window is the same pixels, translated.
+2. **Shifts** ``(dx_k, dy_k)``, whole input pixels, ``|dx|, |dy| <= m``: window ``k`` is the ``S x S`` square at
+   ``(m + dy_k, m + dx_k)`` of the crop (a positive ``dx`` looks further right in the image).
+3. **Predict, un-shift, average**: each window's landmarks, in its own frame, are moved back by
+   ``(dx_k, dy_k) / S`` into the centred window's frame and averaged with equal weights; auxiliary-task
+   probabilities (softmax per window) are averaged too. The result is in the frame of the given box and goes to
+   image pixels as a plain prediction does.
 
-       b_k = (x0 + sx_k w,  y0 + sy_k h,  x1 + sx_k w,  y1 + sy_k h)
+:func:`predict_windows_reference` computes the same thing with one ordinary forward pass per window: the oracle
+that the fused op is tested against.
 
-   A positive ``sx`` moves the box to the right (image +x), a positive ``sy`` moves it down (image +y). The
-   shift is applied to the *given* box; a model with ``config.box_scale != 1`` then enlarges each ``b_k`` about
-   its centre as usual (:meth:`TCDCN.input_boxes`), which is the same as shifting the enlarged box by the same
-   number of pixels.
-2. **One plain prediction per shifted box**: ``uv_k = model.predict(model.preprocess(image, b_k))["landmarks"]``,
-   points ``[P, 2]`` in the frame of ``b_k`` (``u = (x - x0_k) / w``); eval mode, no mirror averaging.
-3. **Un-shift** into image pixels through the shifted box: ``p_k = (x0_k + u_k w, y0_k + v_k h)``
-   (:func:`tcdcn_ext.data.from_box_frame` with ``b_k``).
-4. **Average**: the unweighted arithmetic mean over the K shifts, per point and coordinate, accumulated in float64
-   and returned as float32: ``p = (1 / K) sum_k p_k``. Equivalently, since every ``b_k`` has the size of ``b``:
-   ``p = (x0, y0) + (w, h) * (mean_k uv_k + mean_k s_k)`` (:func:`average_shifted`).
-
-Batch layout (what a fused op sees): the ``N * K`` network inputs are face-major, input ``n * K + k`` is face
-``n`` with shift ``k``.
-
-:data:`DEFAULT_SHIFTS_20` is the pattern chosen by validation on a held-out part of ``300w/train`` (never the test
-set); see ``docs/RESULTS_68pt.md``. :func:`make_shifts` builds the other patterns that were compared.
+:func:`default_shifts` gives the pattern chosen by validation on held-out training faces (never the test set) for
+each kind of network; see ``docs/RESULTS_68pt.md`` and ``docs/RESULTS.md``. :func:`make_shifts` builds the patterns that were compared.
 """
 
 from __future__ import annotations
@@ -35,130 +31,169 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
-__all__ = ["DEFAULT_SHIFTS_20", "average_shifted", "make_shifts", "predict_averaged", "shift_boxes"]
+__all__ = ["DEFAULT_SHIFTS_20", "DEFAULT_SHIFTS_LOCAL", "default_shifts", "make_shifts", "predict_averaged", "predict_windows_reference", "shift_crops",
+           "standardise_by_centre"]
 
 
-def make_shifts(pattern: str = "grid", radius: float = 0.04, n: int = 20) -> np.ndarray:
-    """A shift pattern ``[K, 2]`` (float64, fractions of the box width / height), symmetric about zero.
+def make_shifts(pattern: str = "rings", radius: float = 3.0, n: int = 20) -> np.ndarray:
+    """A pattern of ``n`` whole-pixel shifts ``[n, 2]`` (int64, ``(dx, dy)``), rounded from real positions.
 
-    * ``"grid"``: a 5 x 4 grid (``n`` must be 20): ``sx`` in ``linspace(-radius, radius, 5)``, ``sy`` in
-      ``linspace(-radius, radius, 4)``, row-major over ``sy`` then ``sx`` (k = 5 * row + column).
-    * ``"ring"``: ``n`` points on a circle of radius ``radius``, ``s_k = radius (cos a_k, sin a_k)``,
-      ``a_k = 2 pi k / n``.
-    * ``"rings"``: 8 points on a circle of ``radius / 2`` and ``n - 8`` on a circle of ``radius`` (rotated by
-      ``pi / (n - 8)``) — the Aligner's 20-shift layout when ``radius = 0.06``.
+    * ``"rings"``: 8 shifts on a circle of ``radius / 2`` (angles 0, 45, ... degrees) and ``n - 8`` on a circle of
+      ``radius`` (rotated by half their spacing);
+    * ``"ring"``: ``n`` shifts on one circle of ``radius``;
+    * ``"grid"``: the ``n`` grid points ``(dx, dy)`` with spacing ``radius`` nearest to the origin, origin excluded
+      (ties broken by angle), e.g. ``radius = 2``: even shifts only, so the first pooling keeps its phase.
+
+    Rounding can repeat a shift (small radii); a repeated shift simply weighs more in the average.
     """
-    if radius < 0 or not np.isfinite(radius):
+    if not (np.isfinite(radius) and radius >= 0):
         raise ValueError(f"radius must be finite and >= 0, got {radius}")
-    if pattern == "grid":
-        if n != 20:
-            raise ValueError(f"the 'grid' pattern is 5 x 4 = 20 shifts, got n={n}")
-        sx, sy = np.linspace(-radius, radius, 5), np.linspace(-radius, radius, 4)
-        gy, gx = np.meshgrid(sy, sx, indexing="ij")
-        return np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float64)
-    if pattern == "ring":
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        a = 2 * np.pi * np.arange(n) / n
-        return np.stack([radius * np.cos(a), radius * np.sin(a)], axis=1)
     if pattern == "rings":
         if n <= 8:
             raise ValueError(f"the 'rings' pattern needs n > 8, got {n}")
         a1 = 2 * np.pi * np.arange(8) / 8
         m = n - 8
         a2 = np.pi / m + 2 * np.pi * np.arange(m) / m
-        inner = 0.5 * radius * np.stack([np.cos(a1), np.sin(a1)], axis=1)
-        outer = radius * np.stack([np.cos(a2), np.sin(a2)], axis=1)
-        return np.concatenate([inner, outer])
-    raise ValueError(f"unknown shift pattern {pattern!r}; expected 'grid', 'ring' or 'rings'")
+        pts = np.concatenate([0.5 * radius * np.stack([np.cos(a1), np.sin(a1)], 1),
+                              radius * np.stack([np.cos(a2), np.sin(a2)], 1)])
+    elif pattern == "ring":
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        a = 2 * np.pi * np.arange(n) / n
+        pts = radius * np.stack([np.cos(a), np.sin(a)], 1)
+    elif pattern == "grid":
+        step = int(round(radius))
+        if step < 1:
+            raise ValueError(f"the 'grid' pattern needs a spacing >= 1 pixel, got {radius}")
+        r = int(np.ceil(np.sqrt(n))) + 1
+        g = np.array([(x, y) for y in range(-r, r + 1) for x in range(-r, r + 1) if (x, y) != (0, 0)], np.float64)
+        order = np.lexsort((np.arctan2(g[:, 1], g[:, 0]), np.hypot(g[:, 0], g[:, 1])))
+        pts = g[order[:n]] * step
+    else:
+        raise ValueError(f"unknown shift pattern {pattern!r}; expected 'rings', 'ring' or 'grid'")
+    return np.rint(pts).astype(np.int64)
 
 
-#: The default 20 shifts of TCDCN-Averaged, ``make_shifts("rings", 0.08)``: 8 shifts on a circle of radius 0.04
-#: (angles 0, 45, ..., 315 degrees) and 12 on a circle of radius 0.08 (angles 15, 45, ..., 345 degrees), in fractions
-#: of the box width / height; zero mean. Chosen on the held-out 10 % of 300w/train (121 faces), never the test set:
-#: it was best or within 0.02 points of the best of 3 patterns x 10 radii for all three 68-point models compared.
-DEFAULT_SHIFTS_20: np.ndarray = make_shifts("rings", 0.08)
+#: The default 20 shifts for spatially shared convolutions (the 68-point model), ``make_shifts("rings", 4)``:
+#: 8 shifts on a circle of 2 px and 12 on a circle of 4 px of the 60 x 60 input (about 3 % and 7 % of the given
+#: box). Best of 3 patterns x 6 radii on the 121 held-out 300w/train faces (docs/RESULTS_68pt.md).
+DEFAULT_SHIFTS_20: np.ndarray = make_shifts("rings", 4.0)
 DEFAULT_SHIFTS_20.setflags(write=False)
 
+#: The default for locally connected layers (the 5-point model), ``make_shifts("ring", 1)`` (20 shifts rounded to
+#: the 8 one-pixel neighbours). Unshared filters belong to positions, so that network tolerates only small shifts:
+#: on the 500 held-out mtfl/train faces 1 px gains a little and >= 3 px loses (docs/RESULTS.md).
+DEFAULT_SHIFTS_LOCAL: np.ndarray = make_shifts("ring", 1.0)
+DEFAULT_SHIFTS_LOCAL.setflags(write=False)
 
-def _as_shifts(shifts: np.ndarray | Sequence) -> np.ndarray:
-    s = np.asarray(shifts, np.float64)
+
+def default_shifts(model) -> np.ndarray:
+    """The validated default shifts for ``model``: :data:`DEFAULT_SHIFTS_20` for shared convolutions,
+    :data:`DEFAULT_SHIFTS_LOCAL` for locally connected ones. For a model of your own, choose with
+    ``benchmarks/averaging_select.py`` on held-out training faces."""
+    return DEFAULT_SHIFTS_20 if model.config.shared_conv else DEFAULT_SHIFTS_LOCAL
+
+
+def _as_shifts(shifts) -> np.ndarray:
+    s = np.asarray(shifts)
     if s.ndim == 1 and s.size == 2:
         s = s[None]
-    if s.ndim != 2 or s.shape[1] != 2 or len(s) == 0 or not np.all(np.isfinite(s)):
-        raise ValueError(f"shifts must be a non-empty finite [K, 2] array, got shape {s.shape}")
-    return s
+    if s.ndim != 2 or s.shape[1] != 2 or len(s) == 0:
+        raise ValueError(f"shifts must be a non-empty [K, 2] array of whole-pixel (dx, dy), got shape {s.shape}")
+    if not np.issubdtype(s.dtype, np.number) or not np.all(np.isfinite(s)) or np.any(s != np.round(s)):
+        raise ValueError("shifts must be whole pixels of the network input (integers); got "
+                         f"{np.asarray(s).tolist()[:4]}")
+    return s.astype(np.int64)
 
 
-def _as_boxes(boxes: np.ndarray | Sequence) -> np.ndarray:
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if np.any(~(b[:, 2] > b[:, 0])) or np.any(~(b[:, 3] > b[:, 1])):
-        raise ValueError("boxes must have x1 > x0 and y1 > y0")
-    return b
+def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
+    """``(crop - mean) / (std + eps)`` per face, with the statistics of the centred ``size x size`` window of
+    ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.data.normalise` does for a plain input)."""
+    m = (crop.shape[-2] - size) // 2, (crop.shape[-1] - size) // 2
+    centre = crop[..., m[0]:m[0] + size, m[1]:m[1] + size].double()
+    mean = centre.mean(dim=(-2, -1), keepdim=True)
+    std = centre.std(dim=(-2, -1), keepdim=True, correction=0)
+    return ((crop.double() - mean) / (std + eps)).to(crop.dtype)
 
 
-def shift_boxes(boxes: np.ndarray | Sequence, shifts: np.ndarray | Sequence = DEFAULT_SHIFTS_20) -> np.ndarray:
-    """Shifted boxes ``[N, K, 4]`` float64 (definition 1 of the module docstring)."""
-    b, s = _as_boxes(boxes), _as_shifts(shifts)
-    wh = b[:, 2:] - b[:, :2]  # [N, 2]
-    d = s[None, :, :] * wh[:, None, :]  # [N, K, 2] pixels
-    return b[:, None, :] + np.concatenate([d, d], axis=2)
+def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin: int) -> Tensor:
+    """Definition 1: crops ``[N, 1, S + 2 margin, S + 2 margin]`` float32 of the faces ``(images[i], boxes[i])``."""
+    from . import data
 
-
-def average_shifted(uv: np.ndarray | torch.Tensor, boxes: np.ndarray | Sequence,
-                    shifts: np.ndarray | Sequence = DEFAULT_SHIFTS_20) -> np.ndarray:
-    """Un-shift and average: per-shift box-frame predictions ``uv [N * K, P, 2]`` (face-major) or ``[N, K, P, 2]``
-    -> image points ``[N, P, 2]`` float32 (definitions 3-4 of the module docstring)."""
-    b, s = _as_boxes(boxes), _as_shifts(shifts)
-    n, k = len(b), len(s)
-    q = (uv.detach().cpu().numpy() if isinstance(uv, torch.Tensor) else np.asarray(uv)).astype(np.float64)
-    if q.ndim == 3:
-        if q.shape[0] != n * k:
-            raise ValueError(f"uv has {q.shape[0]} rows, expected N * K = {n} * {k}")
-        q = q.reshape(n, k, q.shape[1], 2)
-    if q.ndim != 4 or q.shape[:2] != (n, k) or q.shape[3] != 2:
-        raise ValueError(f"uv must be [N*K, P, 2] or [N, K, P, 2] with N={n}, K={k}; got {q.shape}")
-    sb = shift_boxes(b, s)  # [N, K, 4]
-    origin, size = sb[:, :, None, 0:2], sb[:, :, None, 2:4] - sb[:, :, None, 0:2]
-    pts = origin + q * size  # [N, K, P, 2], image pixels
-    return pts.mean(axis=1).astype(np.float32)
-
-
-def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes: np.ndarray | Sequence,
-                     shifts: np.ndarray | Sequence = DEFAULT_SHIFTS_20, batch_size: int = 1024,
-                     return_all: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """TCDCN-Averaged: landmarks ``[N, P, 2]`` (float32, image pixels) of each face, averaged over ``shifts``.
-
-    Args:
-        model: a :class:`tcdcn_ext.model.TCDCN` (any ``box_scale``; its ``preprocess``/``predict`` are used).
-        images: ``N`` uint8 RGB ``[H, W, 3]`` (or grey ``[H, W]``) images, or one image.
-        boxes: ``[N, 4]`` face boxes ``(x0, y0, x1, y1)`` in each image's pixels.
-        shifts: ``[K, 2]`` box translations in fractions of the box width / height (default
-            :data:`DEFAULT_SHIFTS_20`); ``[[0, 0]]`` gives exactly the plain single-pass prediction.
-        batch_size: network inputs per forward pass.
-        return_all: also return the per-shift image points ``[N, K, P, 2]`` (float32).
-
-    See the module docstring for the exact definition.
-    """
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
         images = [images]
     images = list(images)
-    b, s = _as_boxes(boxes), _as_shifts(shifts)
+    margin = int(margin)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    s = model.config.input_size
+    b = np.asarray(model.input_boxes(boxes), np.float64).reshape(-1, 4)
+    if len(images) != len(b):
+        raise ValueError(f"shift_crops: {len(images)} images but {len(b)} boxes")
+    grow = (s + 2 * margin) / s
+    c, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) / 2 * grow
+    big = np.concatenate([c - half, c + half], axis=1)
+    mats = data._box_matrices(big, s + 2 * margin)
+    raw = np.stack([data._warp_grey(img, mats[i], s + 2 * margin) for i, img in enumerate(images)])
+    return standardise_by_centre(torch.from_numpy(np.ascontiguousarray(raw[:, None], np.float32)), s)
+
+
+def predict_windows_reference(model, crop: Tensor, shifts) -> dict[str, Tensor]:
+    """The oracle of :meth:`TCDCN.predict_shift_average`: one plain ``model.predict`` per shifted window."""
+    s, sh = model.config.input_size, _as_shifts(shifts)
+    m = (crop.shape[-1] - s) // 2
+    outs = []
+    for dx, dy in sh.tolist():
+        o = model.predict(crop[..., m + dy:m + dy + s, m + dx:m + dx + s])
+        shift = torch.tensor([dx, dy], dtype=o["landmarks"].dtype) / s * model.config.box_scale
+        o["landmarks"] = o["landmarks"] + shift
+        outs.append(o)
+    return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+
+
+def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
+                     shifts=None, batch_size: int = 256, return_probs: bool = False,
+                     progress: bool = False):
+    """TCDCN-Averaged landmarks ``[N, P, 2]`` (float32, image pixels) of the faces ``(images[i], boxes[i])``.
+
+    Args:
+        model: a :class:`tcdcn_ext.model.TCDCN` (any ``box_scale``).
+        images: ``N`` uint8 RGB ``[H, W, 3]`` (or grey ``[H, W]``) images, or one image.
+        boxes: ``[N, 4]`` face boxes ``(x0, y0, x1, y1)`` in each image's pixels.
+        shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` of the network input (default :func:`default_shifts`);
+            ``[[0, 0]]`` is the plain single-pass prediction.
+        batch_size: faces per :func:`tcdcn_ext.ops.shift_average` call.
+        return_probs: also return the averaged auxiliary-task probabilities ``{task: [N, C]}``.
+        progress: print the number of faces done to stderr.
+    """
+    import sys
+
+    from . import data
+
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
+        images = [images]
+    images = list(images)
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(images) != len(b):
         raise ValueError(f"predict_averaged: {len(images)} images but {len(b)} boxes")
-    n, k, p = len(b), len(s), model.num_points
-    sb = shift_boxes(b, s).reshape(n * k, 4)
-    faces_per = max(1, batch_size // k)
-    uv = np.empty((n * k, p, 2), np.float32)
-    for i in range(0, n, faces_per):
-        j = min(n, i + faces_per)
-        imgs = [images[f] for f in range(i, j) for _ in range(k)]
-        x = model.preprocess(imgs, sb[i * k:j * k])
-        uv[i * k:j * k] = model.predict(x, batch_size=batch_size)["landmarks"].numpy()
-    pts = average_shifted(uv, b, s)
-    if return_all:
-        origin, size = sb[:, None, 0:2], sb[:, None, 2:4] - sb[:, None, 0:2]
-        every = (origin + uv.astype(np.float64) * size).astype(np.float32).reshape(n, k, p, 2)
-        return pts, every
+    sh = _as_shifts(default_shifts(model) if shifts is None else shifts)
+    margin = int(np.abs(sh).max())
+    device = next(model.parameters()).device
+    uv, probs = [], {}
+    for i in range(0, len(b), batch_size):
+        crop = shift_crops(model, images[i:i + batch_size], b[i:i + batch_size], margin).to(device)
+        o = model.predict_shift_average(crop, sh)
+        uv.append(o.pop("landmarks").float().cpu().numpy())
+        for k, v in o.items():
+            probs.setdefault(k, []).append(v.float().cpu().numpy())
+        if progress:
+            print(f"\raveraged: {min(len(b), i + batch_size)}/{len(b)} faces", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    p = model.num_points
+    pts = data.from_box_frame(np.concatenate(uv) if uv else np.zeros((0, p, 2), np.float32), b)
+    if return_probs:
+        return pts, {k: np.concatenate(v) for k, v in probs.items()}
     return pts

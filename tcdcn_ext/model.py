@@ -250,6 +250,39 @@ class TCDCN(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.inference_mode()
+    def predict_shift_average(self, crop: Tensor, shifts) -> dict[str, Tensor]:
+        """TCDCN-Averaged on crops with a margin: the network on every shifted ``S x S`` window of each crop,
+        un-shifted and averaged, in one :func:`tcdcn_ext.ops.shift_average` call (eval mode, no gradients).
+
+        Args:
+            crop: Tensor[N, 1, S + 2m, S + 2m] standardised crops (:func:`tcdcn_ext.averaging.shift_crops`).
+            shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` window shifts, ``|dx|, |dy| <= m``.
+
+        Returns:
+            like :meth:`predict`: ``"landmarks"`` [N, P, 2] in the frame of the given box of the centred window
+            (the mean over shifts of each window's prediction moved back by its shift) and, per auxiliary task,
+            the mean over shifts of the softmax probabilities.
+        """
+        layers = [m for m in self.conv if isinstance(m, (nn.Conv2d, LocallyConnected2d))]
+        for m in layers:
+            if tuple(m.stride) != (1, 1) or tuple(m.padding) != (0, 0):
+                raise ValueError("predict_shift_average: conv layers must have stride 1 and no padding")
+        tasks = list(self.aux_heads)
+        head_w = torch.cat([self.landmark_head.weight] + [self.aux_heads[t].weight for t in tasks])
+        head_b = torch.cat([self.landmark_head.bias] + [self.aux_heads[t].bias for t in tasks])
+        lm, heads = ops.shift_average(
+            crop, shifts, self.config.input_size, [m.weight for m in layers], [m.bias for m in layers],
+            self.config.pool_after, self.config.shared_conv, self.config.activation, self.fc.weight, self.fc.bias,
+            head_w, head_b, self.num_points)
+        out = {"landmarks": self.to_given_frame(lm)}
+        c = 2 * self.num_points
+        for t in tasks:
+            n = self.config.aux_tasks[t]
+            out[t] = F.softmax(heads[:, :, c:c + n], dim=2).mean(dim=1)
+            c += n
+        return out
+
     def _average_with_mirror(self, o: dict[str, Tensor], xb: Tensor) -> dict[str, Tensor]:
         from .data import MIRROR_5, MIRROR_68, POSE_MIRROR
 

@@ -25,6 +25,11 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
 ``lc_conv2d_abs_tanh(...)``
     ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
 
+``shift_average(crop, shifts, window, ...)``
+    TCDCN-Averaged in one op, inference only: a whole network (conv layers, fc, heads) run on ``K`` shifted
+    ``window x window`` crops of each face, sharing the convolutions between the shifts (shared-weight layers) or
+    the weight reads (locally connected layers), then un-shifted and averaged. See :func:`shift_average`.
+
 All ops take float32 (fast path) or float64 (exact path for gradcheck), on CPU or CUDA (when built with CUDA).
 """
 
@@ -50,6 +55,7 @@ __all__ = [
     "lc_weight_from_natural",
     "lc_weight_to_natural",
     "set_cpu_isa",
+    "shift_average",
     "use_cpu_isa",
 ]
 
@@ -217,6 +223,74 @@ def face_patches(
     return _ops.face_patches(list(images), image_index, boxes, int(size), orders[channel_order], bool(standardise))
 
 
+def _as_shift_list(shifts) -> list[int]:
+    """``[K, 2]`` integer pixel shifts (sequence, ndarray or tensor) -> the op's flat ``[dx0, dy0, dx1, ...]``."""
+    import numpy as np
+
+    a = shifts.detach().cpu().numpy() if isinstance(shifts, Tensor) else np.asarray(shifts)
+    if a.ndim == 1 and a.size == 2:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != 2 or len(a) == 0:
+        raise ValueError(f"shift_average: shifts must be a non-empty [K, 2] array of (dx, dy), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+        raise ValueError("shift_average: shifts must be whole pixels (integers) in the network input's grid, got "
+                         f"{a.tolist()[:4]}{'...' if len(a) > 4 else ''}")
+    return [int(v) for v in a.reshape(-1)]
+
+
+def shift_average(
+    crop: Tensor,
+    shifts,
+    window: int,
+    conv_weight: Sequence[Tensor],
+    conv_bias: Sequence[Tensor],
+    pool_after: Sequence[bool],
+    shared_conv: bool,
+    activation: str,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    num_points: int,
+) -> tuple[Tensor, Tensor]:
+    """TCDCN-Averaged: a TCDCN network on ``K`` shifted windows of each face crop, averaged (inference only).
+
+    Window ``k`` of a crop ``[H, W]`` is the ``window x window`` square whose top-left corner is
+    ``((H - window) / 2 + dy_k, (W - window) / 2 + dx_k)``: shift ``(0, 0)`` is the centred window, a positive ``dx``
+    moves the window right. The result equals running the network on each window separately (float32: to ~1e-6)
+    and averaging the un-shifted landmarks ``(u_k + dx_k / window, v_k + dy_k / window)``, but shares the work:
+
+    * shared-weight (ordinary) convolutions run once over the region the windows cover, splitting by pooling
+      phase at every 2x2 pooling (offsets of different parity pool on different grids), so a window shares every
+      layer with the windows whose offsets agree with it modulo 2, 4, 8, ... ;
+    * locally connected layers (the 5-point model) cannot share arithmetic between shifts, but the ``K`` windows
+      form one batch, so each weight is read once per block of windows instead of once per pass.
+
+    Args:
+        crop: float32/float64 ``[N, 1, H, W]``, the standardised face crops (the window plus a margin of
+            ``(H - window) / 2`` pixels; ``H - window`` and ``W - window`` even).
+        shifts: ``[K, 2]`` whole-pixel ``(dx, dy)``, each within the margin.
+        window: the network's input side ``S``.
+        conv_weight, conv_bias: per layer, ``[C_out, C_in, k, k]`` and ``[C_out]`` (``shared_conv``) or the
+            locally connected ``[H_out, W_out, C_in, k, k, C_out]`` and ``[C_out, H_out, W_out]``.
+        pool_after: per layer, whether a 2x2 stride-2 (floor mode) max pooling follows.
+        activation: ``"abs_tanh"`` or ``"relu"``, after every conv layer and the fc layer.
+        fc_weight, fc_bias: the fully connected layer ``[F, C * s * s]``, ``[F]`` (input flattened as ``(c, y, x)``).
+        head_weight, head_bias: all heads stacked ``[D, F]``, ``[D]``; rows ``0 .. 2P-1`` are the landmarks'
+            ``(u, v)`` pairs in the window frame (``u = (x + 0.5) / window`` at input pixel ``x``).
+        num_points: ``P``.
+
+    Returns:
+        ``(landmarks [N, P, 2], heads [N, K, D])``: the averaged landmarks in the centred window's frame, and every
+        shift's raw head outputs.
+    """
+    _refuse_grad("shift_average", "the model's forward on each shifted window", crop, fc_weight, head_weight,
+                 *conv_weight)
+    return _ops.shift_average(crop, _as_shift_list(shifts), int(window), list(conv_weight), list(conv_bias),
+                              [int(bool(p)) for p in pool_after], bool(shared_conv), str(activation), fc_weight,
+                              fc_bias, head_weight, head_bias, int(num_points))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Fake kernels (shape/stride propagation for torch.compile, opcheck and meta tensors)
 
@@ -268,6 +342,14 @@ def _face_patches_fake(images, image_index, boxes, size, channel_order, standard
     return boxes.new_empty((boxes.shape[0], 1, size, size), dtype=torch.float32)
 
 
+@torch.library.register_fake("tcdcn_ext::shift_average")
+def _shift_average_fake(crop, shifts, window, conv_weight, conv_bias, pool_after, shared_conv, activation, fc_weight,
+                        fc_bias, head_weight, head_bias, num_points):
+    torch._check(crop.dim() == 4, lambda: f"shift_average: crop must be 4-D, got {crop.dim()}-D")
+    n, k, d = crop.shape[0], len(shifts) // 2, head_weight.shape[0]
+    return crop.new_empty((n, num_points, 2)), crop.new_empty((n, k, d))
+
+
 @torch.library.register_fake("tcdcn_ext::abs_tanh")
 def _abs_tanh_fake(x):
     if _is_dense(x):
@@ -317,6 +399,15 @@ def _fused_setup_context(ctx, inputs, output):
 
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh", _fused_backward, setup_context=_fused_setup_context)
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d", _fused_backward,
+                                setup_context=_fused_setup_context)
+
+
+def _shift_average_backward(ctx, *grads):
+    raise RuntimeError("shift_average is inference-only and has no backward: train on single windows (the model's "
+                       "forward) and use shift_average under torch.no_grad() / torch.inference_mode()")
+
+
+torch.library.register_autograd("tcdcn_ext::shift_average", _shift_average_backward,
                                 setup_context=_fused_setup_context)
 
 

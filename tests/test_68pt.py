@@ -8,8 +8,8 @@ import torch
 
 from tcdcn_ext import data as data_mod
 from tcdcn_ext import evaluate as ev
-from tcdcn_ext.averaging import (DEFAULT_SHIFTS_20, average_shifted, make_shifts, predict_averaged,
-                                 shift_boxes)
+from tcdcn_ext.averaging import (DEFAULT_SHIFTS_20, make_shifts, predict_averaged, predict_windows_reference,
+                                 shift_crops)
 from tcdcn_ext.model import TCDCN, TCDCNConfig, load_model, save_weights
 
 from conftest import data_root
@@ -92,96 +92,27 @@ def test_activation_option_defaults_to_abs_tanh():
         TCDCNConfig(activation="sigmoid")
 
 
-# -- TCDCN-Averaged ------------------------------------------------------------------------------------------------
+# -- TCDCN-Averaged (the op's own tests are in test_shift_average.py) ---------------------------------------------
 
 
-def test_default_shifts_are_20_and_symmetric():
-    assert DEFAULT_SHIFTS_20.shape == (20, 2)
-    np.testing.assert_allclose(DEFAULT_SHIFTS_20.mean(0), 0.0, atol=1e-15)
-    for pattern in ("grid", "ring", "rings"):
-        s = make_shifts(pattern, 0.05)
-        assert s.shape == (20, 2)
-        np.testing.assert_allclose(s.mean(0), 0.0, atol=1e-15)
-        assert np.abs(s).max() <= 0.05 + 1e-15
-    sb = shift_boxes([[10, 20, 110, 220]], [[0.1, -0.05]])
-    np.testing.assert_allclose(sb, [[[20, 10, 120, 210]]])  # +x right by 10 % of w, up by 5 % of h
-
-
-@pytest.mark.parametrize("box_scale", [1.0, 1.25])
-def test_single_zero_shift_equals_plain_prediction_exactly(box_scale):
-    m = _small_model(box_scale)
-    imgs, boxes = zip(*(_synthetic_face(offset=(o, -o)) for o in (0, 3, 9)))
-    boxes = np.concatenate(boxes)
-    plain = data_mod.from_box_frame(m.predict(m.preprocess(list(imgs), boxes))["landmarks"].numpy(), boxes)
-    avg = predict_averaged(m, list(imgs), boxes, shifts=[[0.0, 0.0]])
-    assert avg.dtype == np.float32 and avg.shape == (3, 68, 2)
-    assert np.array_equal(avg, plain)
-
-
-class _ToyModel:
-    """Duck-typed model: 'preprocess' keeps the box, 'predict' returns, in each box's frame, a fixed image point
-    (the brightest pixel of the image, i.e. an ideal translation-equivariant detector) or the box centre."""
-
-    num_points = 2
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def preprocess(self, images, boxes):
-        b = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
-        peaks = [np.unravel_index(np.argmax(im.reshape(im.shape[0], im.shape[1], -1).sum(2)), im.shape[:2])
-                 for im in images]
-        xy = torch.tensor([[float(c), float(r)] for r, c in peaks], dtype=torch.float64)
-        return torch.cat([b, xy], dim=1)
-
-    def predict(self, x, batch_size=1024):
-        b, xy = x[:, :4], x[:, 4:]
-        size = b[:, 2:] - b[:, :2]
-        if self.mode == "equivariant":
-            uv = (xy - b[:, :2]) / size
-            uv = torch.stack([uv, uv + 0.1], dim=1)
-        else:  # the box centre
-            uv = torch.full((len(x), 2, 2), 0.5, dtype=torch.float64)
-        return {"landmarks": uv.float()}
-
-
-def test_averaging_unshifts_a_translation_equivariant_model_exactly():
-    imgs = []
-    for r, c in ((50, 60), (70, 33)):
-        im = np.zeros((120, 140, 3), np.uint8)
-        im[r, c] = 255
-        imgs.append(im)
-    boxes = np.array([[20.0, 30.0, 100.0, 110.0], [5.0, 40.0, 85.0, 104.0]])
-    toy = _ToyModel("equivariant")
-    single = predict_averaged(toy, imgs, boxes, shifts=[[0.0, 0.0]])
-    np.testing.assert_allclose(single[:, 0], [[60, 50], [33, 70]], atol=1e-4)
-    for shifts in (DEFAULT_SHIFTS_20, make_shifts("ring", 0.08), [[0.1, 0.0], [0.0, -0.2], [0.05, 0.05]]):
-        avg, every = predict_averaged(toy, imgs, boxes, shifts=shifts, return_all=True)
-        np.testing.assert_allclose(avg, single, atol=1e-4)
-        np.testing.assert_allclose(every, np.repeat(single[:, None], len(np.asarray(shifts)), 1), atol=1e-4)
-
-
-def test_averaging_of_box_centres_moves_by_the_mean_shift():
-    imgs = [np.zeros((100, 100, 3), np.uint8)]
-    boxes = np.array([[10.0, 20.0, 90.0, 60.0]])  # w 80, h 40, centre (50, 40)
-    toy = _ToyModel("centre")
-    np.testing.assert_allclose(predict_averaged(toy, imgs, boxes)[0], [[50, 40], [50, 40]], atol=1e-5)
-    shifts = [[0.1, 0.0], [0.0, 0.25]]  # mean (0.05, 0.125) -> (+4, +5) px
-    np.testing.assert_allclose(predict_averaged(toy, imgs, boxes, shifts)[0], [[54, 45], [54, 45]], atol=1e-5)
-    uv = np.full((2, 2, 2), 0.5)
-    np.testing.assert_allclose(average_shifted(uv, boxes, shifts)[0], [[54, 45], [54, 45]], atol=1e-5)
-
-
-def test_predict_averaged_matches_a_loop_over_shifted_boxes():
+def test_averaging_moves_points_with_the_image():
+    """Translating the image and the box by whole pixels translates the averaged points by the same amount."""
     m = _small_model(1.25)
     img, box = _synthetic_face()
-    shifts = make_shifts("ring", 0.04, 6)
-    loop = []
-    for s in shifts:
-        b = box.astype(np.float64) + np.array([s[0], s[1], s[0], s[1]]) * np.tile(box[0, 2:] - box[0, :2], 2)
-        uv = m.predict(m.preprocess(img, b))["landmarks"].numpy()
-        loop.append(data_mod.from_box_frame(uv, b))
-    np.testing.assert_allclose(predict_averaged(m, [img], box, shifts), np.mean(loop, 0), atol=1e-4)
+    img2, box2 = _synthetic_face(offset=(6, -4))
+    p1 = predict_averaged(m, img, box, DEFAULT_SHIFTS_20)
+    p2 = predict_averaged(m, img2, box2, DEFAULT_SHIFTS_20)
+    np.testing.assert_allclose(p2 - p1, np.broadcast_to([6.0, -4.0], p1.shape), atol=0.05)
+
+
+def test_predict_averaged_matches_a_loop_over_windows():
+    m = _small_model(1.25)
+    img, box = _synthetic_face()
+    shifts = make_shifts("ring", 3, 6)
+    crop = shift_crops(m, img, box, 3)
+    ref = predict_windows_reference(m, crop, shifts)["landmarks"].numpy()
+    np.testing.assert_allclose(predict_averaged(m, [img], box, shifts), data_mod.from_box_frame(ref, box),
+                               atol=1e-4)
 
 
 # -- real data ------------------------------------------------------------------------------------------------------

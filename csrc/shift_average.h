@@ -1,0 +1,40 @@
+// tcdcn_ext::shift_average (TCDCN-Averaged): the device-independent part of the op, shared by the CPU
+// (cpu/shift_average_cpu.cpp) and CUDA (cuda/shift_average_cuda.cu) registrations. Each device supplies the two
+// memory-bound kernels below; the convolutions go through tcdcn_ext's own ops (locally connected layers) or
+// at::conv2d (spatially shared layers), dispatched on the crop's device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace tcdcn {
+
+// One shift: window top-left (oy, ox) in the crop, and its offset (dx, dy) from the centred window.
+struct ShiftWindow {
+  int64_t oy, ox, dx, dy;
+};
+
+struct ShiftAverageKernels {
+  // crop [N, 1, Hc, Wc] (any strides) -> [N * K, 1, S, S] contiguous, face-major: row n * K + k is face n's
+  // S x S window at (win[k].oy, win[k].ox).
+  at::Tensor (*windows)(const at::Tensor& crop, const std::vector<ShiftWindow>& win, int64_t S);
+  // 2x2 max pooling (stride 2) of the h x w cells whose top-left corner is (y0 + 2i, x0 + 2j) in map [N, C, H, W]
+  // (any strides) -> [N, C, h, w] in the map's memory format; NaN propagates as in max_pool2d.
+  at::Tensor (*pool2x2)(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w);
+  // heads [N, K, D] contiguous (the first 2P columns are the landmark head's (u, v) pairs in the window frame)
+  // -> landmarks [N, P, 2]: (1 / K) sum_k (u_k + dx_k / S, v_k + dy_k / S), summed in double.
+  at::Tensor (*unshift_average)(const at::Tensor& heads, const std::vector<ShiftWindow>& win, int64_t S,
+                                int64_t P);
+};
+
+std::tuple<at::Tensor, at::Tensor> shift_average_forward(
+    const ShiftAverageKernels& kernels, const at::Tensor& crop, at::IntArrayRef shifts, int64_t window,
+    at::TensorList conv_weight, at::TensorList conv_bias, at::IntArrayRef pool_after, bool shared_conv,
+    const std::string& activation, const at::Tensor& fc_weight, const at::Tensor& fc_bias,
+    const at::Tensor& head_weight, const at::Tensor& head_bias, int64_t num_points);
+
+}  // namespace tcdcn
