@@ -85,7 +85,7 @@ import torch
 import tcdcn_ext
 from tcdcn_ext import _C
 
-ops = ["lc_conv2d", "lc_conv2d_abs_tanh", "_lc_conv2d_backward", "abs_tanh", "_abs_tanh_backward"]
+ops = ["lc_conv2d", "lc_conv2d_abs_tanh", "_lc_conv2d_backward", "abs_tanh", "_abs_tanh_backward", "shift_average"]
 ok = bool(_C.with_cuda)
 print(f"tcdcn_ext._C.with_cuda = {_C.with_cuda}")
 for op in ops:

@@ -6,7 +6,10 @@
 #   2. build the extension in place with the CUDA kernels (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST, default 9.0)
 #   3. pytest tests/test_ops.py -m needs_cuda             -> OUTDIR/junit_ops.xml
 #   4. pytest tests/test_cuda_extra.py                    -> OUTDIR/junit_cuda_extra.xml
+#      pytest tests/test_shift_average.py tests/test_cuda_graph.py -m needs_cuda -> OUTDIR/junit_shift_average_graph.xml
 #   5. pytest benchmarks/bench_ops_cuda.py                -> OUTDIR/bench_cuda.json
+#      pytest benchmarks/bench_model_cuda.py              -> OUTDIR/bench_model_cuda.json (model latency, graph,
+#                                                            throughput, shift_average)
 #   6. compute-sanitizer memcheck + racecheck on a small run of every kernel (where the tool exists and works)
 #   7. OUTDIR/summary.json and OUTDIR/summary.md (printed last)
 #
@@ -112,7 +115,7 @@ else
     "$PY" setup.py build_ext --inplace
 fi
 step import 60 "$PY" -c 'import tcdcn_ext, torch; from tcdcn_ext import _C
-ops = ["lc_conv2d", "lc_conv2d_abs_tanh", "_lc_conv2d_backward", "abs_tanh", "_abs_tanh_backward"]
+ops = ["lc_conv2d", "lc_conv2d_abs_tanh", "_lc_conv2d_backward", "abs_tanh", "_abs_tanh_backward", "shift_average"]
 cuda = {op: torch._C._dispatch_has_kernel_for_dispatch_key("tcdcn_ext::" + op, "CUDA") for op in ops}
 print("with_cuda", _C.with_cuda, "torch", _C.torch_version, "CUDA kernels", cuda)
 assert all(cuda.values()), cuda'
@@ -125,9 +128,13 @@ else
   skip tests_ops "tests/test_ops.py not found"
 fi
 step tests_cuda_extra 200 "${PYTEST[@]}" tests/test_cuda_extra.py --junitxml="$OUTDIR/junit_cuda_extra.xml"
+step tests_shift_average_graph 120 "${PYTEST[@]}" tests/test_shift_average.py tests/test_cuda_graph.py -m needs_cuda \
+  --junitxml="$OUTDIR/junit_shift_average_graph.xml"
 
 # 5. Benchmarks.
 step bench_cuda 200 "${PYTEST[@]}" benchmarks/bench_ops_cuda.py --benchmark-json="$OUTDIR/bench_cuda.json" \
+  --benchmark-columns=median,iqr,rounds --benchmark-sort=name
+step bench_model_cuda 150 "${PYTEST[@]}" benchmarks/bench_model_cuda.py --benchmark-json="$OUTDIR/bench_model_cuda.json" \
   --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 # 6. Memory errors and shared-memory races in every kernel, on small shapes (the fp64 gradcheck shapes plus a
@@ -171,7 +178,8 @@ for line in open(os.path.join(scratch, "steps.tsv")):
     name, status, secs, note = (line.rstrip("\n").split("\t") + ["", "", ""])[:4]
     summary["steps"].append({"step": name, "status": status, "seconds": int(secs or 0), "note": note})
 
-for key, fname in (("test_ops (needs_cuda)", "junit_ops.xml"), ("test_cuda_extra", "junit_cuda_extra.xml")):
+for key, fname in (("test_ops (needs_cuda)", "junit_ops.xml"), ("test_cuda_extra", "junit_cuda_extra.xml"),
+                   ("test_shift_average + test_cuda_graph (needs_cuda)", "junit_shift_average_graph.xml")):
     path = os.path.join(out, fname)
     if not os.path.exists(path):
         continue
@@ -212,9 +220,19 @@ if os.path.exists(bench_path):
             entry["ours_tflops"] = ours[1] / ours[0] / 1e3
         summary["benchmarks"].append(entry)
 
+model_path = os.path.join(out, "bench_model_cuda.json")
+summary["model_benchmarks"] = []
+if os.path.exists(model_path):
+    for b in json.load(open(model_path)).get("benchmarks", []):
+        info = b.get("extra_info", {})
+        summary["model_benchmarks"].append({"name": b["name"], "median_ms": 1e3 * b["stats"]["median"],
+                                            **{k: info.get(k) for k in ("us_per_face", "faces_per_s",
+                                                                        "ratio_vs_reference", "ratio_vs_one_pass")}})
+
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 
 env = summary["environment"]
+fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
 md = ["# tcdcn_ext GPU check", "",
       f"GPU: {env.get('gpu', 'none')} (sm {env.get('capability', '-')}, {env.get('multiprocessors', '-')} SMs), "
       f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), python {env.get('python')}; wall {wall} s", "",
@@ -227,11 +245,16 @@ for key, c in summary["tests"].items():
     md += [f"- FAILED {x}" for x in c["failed_cases"][:20]]
 if summary["benchmarks"]:
     md += ["", "| mode | N | layer | ours (ms) | reference (ms) | speedup | ours TFLOP/s |", "|---|---|---|---|---|---|---|"]
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for e in summary["benchmarks"]:
         md.append(f"| {e['mode']} | {e['n']} | {e['layer']} | {fmt(e['ours_median_ms'], '.4f')} | "
                   f"{fmt(e['reference_median_ms'], '.4f')} | {fmt(e.get('speedup_vs_reference'), '.2f')}x | "
                   f"{fmt(e.get('ours_tflops'), '.2f')} |")
+if summary["model_benchmarks"]:
+    md += ["", "| model row | median (ms) | us/face | faces/s | vs reference | vs one pass |", "|---|---|---|---|---|---|"]
+    for e in summary["model_benchmarks"]:
+        md.append(f"| {e['name']} | {e['median_ms']:.4f} | {fmt(e['us_per_face'], '.2f')} | "
+                  f"{fmt(e['faces_per_s'], '.3g')} | {fmt(e['ratio_vs_reference'], '.2f')} | "
+                  f"{fmt(e['ratio_vs_one_pass'], '.2f')} |")
 open(os.path.join(out, "summary.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
