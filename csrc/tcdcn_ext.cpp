@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/peak_flops.h"
 
 TORCH_LIBRARY(tcdcn_ext, m) {
   // Locally connected (unshared-weight) 2-D convolution. weight: [H_out, W_out, C_in, kH, kW, C_out]
@@ -58,6 +59,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
         "Force a CPU kernel path (for tests); raises if the host cannot run it.");
+  m.def("fma_peak_gflops", &tcdcn::cpu::fma_peak_gflops, pybind11::arg("seconds") = 0.2,
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "fp32 GFLOP/s of independent vector FMA chains on the calling thread (active CPU path), best of the runs "
+        "within `seconds`: the arithmetic ceiling of one core. Releases the GIL, so threads measure in parallel.");
   m.attr("torch_version") = TORCH_VERSION;
 #ifdef TCDCN_WITH_CUDA
   m.attr("with_cuda") = true;
