@@ -1,7 +1,11 @@
 """End-to-end evaluation of the Aligner (detector + box calibration + landmarks) on the MTFL test crops, and the
 landmark jitter of video tracking on a synthetic static-face video.
 
-    python benchmarks/eval_end_to_end.py [--model 5pt|PATH] [--limit N] [--cache DETS.npz] [--skip-jitter]
+    python benchmarks/eval_end_to_end.py [--model 5pt|68pt|PATH] [--limit N] [--cache DETS.npz] [--skip-jitter]
+
+A 68-point model is evaluated the same way on the 300w/test_common crops (error over the outer eye corners 36/45,
+its own box calibration :data:`tcdcn_ext.detect.CALIBRATION_68PT`, no re-boxing pass); it writes
+``benchmarks/results/end_to_end_68pt.json``.
 
 End to end: every 128x128 test crop is given as a whole image; yuface detects the faces (threshold 0.5), the
 detection that overlaps the annotated box most (IoU >= 0.3) is the face's detection (none: a miss). Rows
@@ -36,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tcdcn_ext import data, evaluate  # noqa: E402
 from tcdcn_ext.aligner import Aligner  # noqa: E402
-from tcdcn_ext.detect import (CALIBRATION_5PT, Detections, YuFaceDetector, _iou, calibrate_boxes,  # noqa: E402
+from tcdcn_ext.detect import (CALIBRATION_5PT, CALIBRATION_68PT, Detections, YuFaceDetector, _iou, calibrate_boxes,  # noqa: E402
                               match_detections)
 from tcdcn_ext.tracking import measure_jitter, synthetic_static_video  # noqa: E402
 
@@ -63,7 +67,12 @@ def _summary(err: np.ndarray, n_total: int) -> dict[str, float]:
 
 
 def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
-    fs = data.load_staged(data_root() / "mtfl" / "test", limit=limit)
+    from tcdcn_ext.model import load_model
+
+    points = load_model(model).num_points
+    split, norm = ("mtfl/test", "inter_ocular") if points == 5 else ("300w/test_common", "outer_corners")
+    calibration = CALIBRATION_5PT if points == 5 else CALIBRATION_68PT
+    fs = data.load_staged(data_root() / split, limit=limit)
     n = len(fs)
     t0 = time.perf_counter()
     found, scores, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuFaceDetector(), min_score=0.5,
@@ -74,21 +83,21 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     images = [fs.images[i] for i in idx]
     gt = fs.landmarks[idx]
     rows: dict[str, dict] = {}
-    plain = Aligner(model=model, detector="none")
-    averaged = Aligner(model=model, detector="none", averaged=True)
+    plain = Aligner(points=points, model=model, detector="none")
+    averaged = Aligner(points=points, model=model, detector="none", averaged=True)
 
     def run(name: str, aligner: Aligner, boxes: np.ndarray, imgs: list, truth: np.ndarray, total: int) -> None:
         t = time.perf_counter()
         faces = aligner.align_batch(imgs, [b[None] for b in boxes])
         pred = np.stack([f[0].landmarks for f in faces])
-        err = evaluate.landmark_errors(pred, truth, "inter_ocular")
+        err = evaluate.landmark_errors(pred, truth, norm)
         rows[name] = _summary(err, total)
         rows[name]["seconds"] = round(time.perf_counter() - t, 2)
         print(f"{name:28s} " + "  ".join(f"{k}={v:.4f}" for k, v in rows[name].items() if k != "faces"),
               file=sys.stderr)
 
     for method in ("none", "linear", "points"):
-        run(f"detector_{method}_1pass", plain, calibrate_boxes(det, CALIBRATION_5PT, method), images, gt, n)
+        run(f"detector_{method}_1pass", plain, calibrate_boxes(det, calibration, method), images, gt, n)
     run("annotated_box", plain, fs.boxes.astype(np.float64), fs.images, fs.landmarks, n)
     run("annotated_box_averaged", averaged, fs.boxes.astype(np.float64), fs.images, fs.landmarks, n)
 
@@ -100,9 +109,12 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
         "pipeline_default (calibrate=True, refine=1)": dict(),
         "pipeline_averaged (default + averaged=True)": dict(averaged=True),
     }
+    if points == 68:  # refine (re-boxing from the 5 MTFL points) is a 5-point step
+        pipelines = {k.replace(", refine=1", ""): v for k, v in pipelines.items() if "refine=0" not in k or
+                     "uncalibrated" in k}
     for name, kw in pipelines.items():
         t = time.perf_counter()
-        aligner = Aligner(model=model, detector="yuface", **kw)
+        aligner = Aligner(points=points, model=model, detector="yuface", **kw)
         results = aligner.align_batch(fs.images)
         pred, keep = [], []
         for i, faces in enumerate(results):
@@ -113,19 +125,20 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
             if iou[j] >= 0.3:
                 keep.append(i)
                 pred.append(faces[j].landmarks)
-        err = evaluate.landmark_errors(np.stack(pred), fs.landmarks[keep], "inter_ocular")
+        err = evaluate.landmark_errors(np.stack(pred), fs.landmarks[keep], norm)
         rows[name] = _summary(err, n)
         rows[name]["detection_rate"] = len(keep) / n
         rows[name]["seconds"] = round(time.perf_counter() - t, 2)
         print(f"{name:28s} " + "  ".join(f"{k}={v:.4f}" for k, v in rows[name].items() if k != "faces"),
               file=sys.stderr)
     return {
-        "split": "mtfl/test", "faces": n, "detected": int(found.sum()), "detection_rate": float(found.mean()),
+        "split": split, "norm": norm, "faces": n, "detected": int(found.sum()), "detection_rate": float(found.mean()),
         "detector": "yuface (min_score 0.5, best-IoU match with the annotated box, IoU >= 0.3)",
-        "calibration_method": CALIBRATION_5PT["method"],
-        "calibration": {k: v for k, v in CALIBRATION_5PT.items() if k != "report"},
+        "calibration_method": calibration["method"],
+        "calibration": {k: v for k, v in calibration.items() if k != "report"},
         "detection_seconds": round(t_det, 1), "rows": rows,
-        "peers_full_pipeline (FACTS.md)": {"MTCNN": 0.0739, "MediaPipe": 0.0652},
+        "peers": ({"full pipeline (issue 5)": {"MTCNN": 0.0739, "MediaPipe": 0.0652}} if points == 5 else
+                  {"annotated boxes (FACTS.md)": {"dlib 68-point": 0.0555, "authors' released TCDCN": 0.0594}}),
     }
 
 
@@ -160,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.skip_end_to_end:
         res = {"meta": meta, **end_to_end(args.model, args.limit, args.cache)}
-        (RESULTS / "end_to_end_5pt.json").write_text(json.dumps(res, indent=2) + "\n")
+        name = "end_to_end_68pt.json" if res["norm"] == "outer_corners" else "end_to_end_5pt.json"
+        (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n")
     if not args.skip_jitter:
         res = {"meta": meta, **jitter(args.model)}
         (RESULTS / "jitter.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -40,7 +40,6 @@ import copy
 import math
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +49,11 @@ import numpy as np
 import torch
 
 from . import data, ops
-from .detect import CALIBRATION_5PT, Detections, DetectorError, calibrate_boxes, resolve_detector
+from .averaging import default_shifts, standardise_by_centre
+from .detect import CALIBRATION_5PT, CALIBRATION_68PT, Detections, DetectorError, calibrate_boxes, resolve_detector
 from .model import TCDCN, WeightsError, load_model
 
-__all__ = ["ATTRIBUTE_LABELS", "DEFAULT_SHIFTS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
+__all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
 
 Color = Literal["rgb", "bgr", "rgba", "bgra"]
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
@@ -68,15 +68,6 @@ ATTRIBUTE_LABELS: dict[str, tuple[str, ...]] = {
     "smile": ("not_smiling", "smiling"),
 }
 
-
-def _ring(n: int, r: float, phase: float = 0.0) -> np.ndarray:
-    a = phase + 2 * np.pi * np.arange(n) / n
-    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
-
-
-#: Box translations of TCDCN-Averaged (fractions of the box width/height): 20 shifts, 8 on a ring of radius 3 %
-#: and 12 on a ring of 6 % of the box side. Symmetric, so the mean shift is zero.
-DEFAULT_SHIFTS: np.ndarray = np.concatenate([_ring(8, 0.03), _ring(12, 0.06, np.pi / 12)]).astype(np.float64)
 
 #: Smallest accepted image side: a face needs more pixels than this.
 MIN_SIDE = 8
@@ -478,7 +469,8 @@ class Aligner:
     Args:
         points: 5 (the MTFL model) or 68 (only when a 68-point model is shipped).
         device: torch device of the model; ``"cpu"`` by default.
-        averaged: TCDCN-Averaged: average the landmarks over shifted copies of each box (``shifts``).
+        averaged: TCDCN-Averaged: average the landmarks and attribute probabilities over the network run on shifted
+            input windows (``shifts``), in one :func:`tcdcn_ext.ops.shift_average` call per batch.
         detector: ``"auto"`` (yuface if installed, else none), ``"yuface"``, ``"none"``, or a callable
             ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` | ``(boxes, scores, points [N, 5, 2])``.
         min_score: detector confidence threshold in ``[0, 1]``.
@@ -486,8 +478,8 @@ class Aligner:
             detectors and for boxes you pass.
         model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.model.TCDCN` (copied: the
             caller's module is left as it is); default ``f"{points}pt"``.
-        shifts: ``[K, 2]`` box translations for ``averaged`` as fractions of the box width/height (default
-            :data:`DEFAULT_SHIFTS`, 20 shifts).
+        shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
+            (default :func:`tcdcn_ext.averaging.default_shifts`: 20 shifts chosen by validation for the model).
         refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
             align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
             failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
@@ -501,7 +493,7 @@ class Aligner:
     def __init__(self, points: Literal[5, 68] = 5, device: str | torch.device = "cpu", averaged: bool = False,
                  detector: Literal["auto", "yuface", "none"] | Callable[..., Any] | None = "auto",
                  min_score: float = 0.5, calibrate: bool = True, model: str | os.PathLike | TCDCN | None = None,
-                 shifts: np.ndarray | Sequence[Sequence[float]] | None = None, refine: int = 1,
+                 shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
                  batch_size: int = 512, progress: bool | None = None) -> None:
         if points not in (5, 68):
             raise ValueError(f"points must be 5 or 68, got {points!r}")
@@ -528,9 +520,11 @@ class Aligner:
             p.requires_grad_(False)  # a private copy or a freshly loaded model: nothing outside sees this
         self.points = points
         self.averaged = bool(averaged)
-        self.shifts = np.asarray(DEFAULT_SHIFTS if shifts is None else shifts, np.float64).reshape(-1, 2)
-        if len(self.shifts) == 0 or not np.all(np.isfinite(self.shifts)):
-            raise ValueError("shifts must be a non-empty finite [K, 2] array")
+        sh = np.asarray(default_shifts(self.model) if shifts is None else shifts)
+        if sh.size == 0 or sh.size % 2 or not np.issubdtype(sh.dtype, np.number) or not np.all(np.isfinite(sh)) \
+                or np.any(sh != np.round(sh)):
+            raise ValueError("shifts must be a non-empty [K, 2] array of whole-pixel (dx, dy) window shifts")
+        self.shifts = sh.reshape(-1, 2).astype(np.int64)
         self.min_score = float(min_score)
         if int(refine) < 0:
             raise ValueError(f"refine must be >= 0, got {refine!r}")
@@ -541,12 +535,9 @@ class Aligner:
         self._detect = resolve_detector(detector)
         from .detect import YuFaceDetector
 
-        # Calibration is fitted for yuface and the 5-point (MTFL box) model only.
-        self.calibration = CALIBRATION_5PT if (calibrate and isinstance(self._detect, YuFaceDetector)
-                                               and points == 5) else None
-        if calibrate and points == 68 and isinstance(self._detect, YuFaceDetector):
-            warnings.warn("Aligner(points=68): no yuface box calibration is fitted for the 68-point model; the "
-                          "detector's boxes are used as they are", stacklevel=2)
+        # Calibrations are fitted for yuface: MTFL boxes (5 points), tight 68-point extents (68 points).
+        self.calibration = ({5: CALIBRATION_5PT, 68: CALIBRATION_68PT}[points]
+                            if calibrate and isinstance(self._detect, YuFaceDetector) else None)
         self.attribute_tasks = [t for t in self.model.config.aux_tasks]
 
     def __repr__(self) -> str:
@@ -613,61 +604,67 @@ class Aligner:
                 "(`pip install yuface`) and use detector='auto'")
         return self._detect(pix.rgb(), self.min_score)
 
-    def _predict(self, pairs: list[tuple[_Pixels, np.ndarray]], shifts: np.ndarray
+    def _predict(self, pairs: list[tuple[_Pixels, np.ndarray]], averaged: bool = False
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Landmarks ``[F, P, 2]`` (image pixels, averaged over ``shifts``) and class probabilities of the faces
-        ``(pixels, box)``: batched forward passes of up to ``batch_size`` inputs."""
-        # The network sees each box enlarged by its config.box_scale (the 68-point model's framing); shifts are
-        # fractions of the given box, i.e. shift / box_scale of the enlarged one. The boxes used come back in the
-        # enlarged frame, which is the frame the network's output is in, so from_box_frame below stays exact.
-        scale = float(self.model.config.box_scale)
-        if scale != 1.0:
-            pairs = [(pix, self.model.input_boxes(b)[0].astype(np.float64)) for pix, b in pairs]
-            shifts = shifts / scale
-        k = len(shifts)
-        per = max(1, self.batch_size // k)  # faces per forward pass
-        chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
+        """Landmarks ``[F, P, 2]`` (image pixels) and class probabilities of the faces ``(pixels, box)``: batched
+        forward passes of up to ``batch_size`` faces. ``averaged``: each face's crop carries a margin of
+        ``max |shift|`` input pixels and one :meth:`TCDCN.predict_shift_average` call per batch runs the network on
+        every shifted window (:mod:`tcdcn_ext.averaging`)."""
+        # The network sees each box enlarged by its config.box_scale (the 68-point model's framing), and the
+        # averaged mode's crop adds `margin` input pixels on every side of that, on the same pixel grid.
         size = self.model.input_size
-
-        def prepare(chunk: list[tuple[_Pixels, np.ndarray]]) -> tuple[torch.Tensor, list[np.ndarray]]:
-            return _batch_inputs(chunk, shifts, size)  # [F*K, 1, S, S]
+        margin = int(np.abs(self.shifts).max()) if averaged else 0
+        side = size + 2 * margin
+        grow = float(self.model.config.box_scale) * side / size
+        given = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
+        seen = given
+        if grow != 1.0:
+            c, half = (given[:, :2] + given[:, 2:]) / 2, (given[:, 2:] - given[:, :2]) / 2 * grow
+            seen = np.concatenate([c - half, c + half], axis=1)
+            pairs = [(pix, seen[i]) for i, (pix, _) in enumerate(pairs)]
+        per = self.batch_size
+        chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
+        zero = np.zeros((1, 2))
 
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         show = bool(show) and len(chunks) > 4
-        outs, used = [], []
+        outs = []
         for c, chunk in enumerate(chunks):
-            x, u = prepare(chunk)
-            outs.append(self._forward(x))
-            used.extend(u)
+            x, _ = _batch_inputs(chunk, zero, side)  # [F, 1, side, side]
+            outs.append(self._forward_averaged(x) if averaged else self._forward(x))
             if show:
                 done = min(len(pairs), (c + 1) * per)
                 end = "\n" if c + 1 == len(chunks) else ""
                 print(f"\raligning: {done}/{len(pairs)} faces", end=end, file=sys.stderr, flush=True)
         uv = np.concatenate([o[0] for o in outs])
         probs = {t: np.concatenate([o[1][t] for o in outs]) for t in self.attribute_tasks}
-        pts = data.from_box_frame(uv, np.concatenate(used))  # [F*K, P, 2] image pixels; this un-shifts the shifts
-        if k == 1:
-            return pts, probs
-        pts = pts.reshape(len(pairs), k, -1, 2).mean(axis=1, dtype=np.float64).astype(np.float32)
-        return pts, {t: p.reshape(len(pairs), k, -1).mean(axis=1) for t, p in probs.items()}
+        # Plain passes come back in the frame of the box the network saw; averaged ones in the given box's frame.
+        return data.from_box_frame(uv, given if averaged else seen), probs
+
+    def _forward_averaged(self, crop: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """TCDCN-Averaged on standardised crops with a margin: landmarks ``[N, P, 2]`` in the given box's frame and
+        the shift-averaged probabilities per task."""
+        crop = standardise_by_centre(crop, self.model.input_size)  # the centred window is the plain input
+        o = self.model.predict_shift_average(crop.to(self.device), self.shifts)
+        return (o["landmarks"].float().cpu().numpy(),
+                {t: o[t].float().cpu().numpy() for t in self.attribute_tasks})
 
     def _run(self, jobs: list[_Job]) -> list[list[Face]]:
         pairs = [(job.pixels, b) for job in jobs for b in job.model_boxes]
         if not pairs:
             return [[] for _ in jobs]
-        shifts = self.shifts if self.averaged else np.zeros((1, 2))
         passes = self.refine if self.points == 5 and any(job.refine for job in jobs) else 0
         again = np.concatenate([np.full(len(job.model_boxes), job.refine, bool) for job in jobs]) if passes else None
         for _ in range(passes):
             # Re-box the detected faces from their landmarks with the MTFL box model (the way the test crops'
             # boxes were made) and align again: detector boxes, even calibrated, frame faces less consistently.
-            pts, _ = self._predict(pairs, np.zeros((1, 2)))
+            pts, _ = self._predict(pairs)
             for i in np.flatnonzero(again):
                 try:
                     pairs[i] = (pairs[i][0], data.predict_boxes_5pt(pts[i:i + 1].astype(np.float64))[0])
                 except ValueError:  # degenerate landmarks: keep the detector's box
                     pass
-        pts, probs = self._predict(pairs, shifts)
+        pts, probs = self._predict(pairs, self.averaged)
         attrs = self._attributes(probs, len(pairs))
         out: list[list[Face]] = []
         f = 0

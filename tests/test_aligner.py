@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcdcn_ext.aligner import DEFAULT_SHIFTS, Aligner, Face, ImageError, load_image
+from tcdcn_ext.aligner import Aligner, Face, ImageError, load_image
+from tcdcn_ext.averaging import default_shifts, predict_averaged
 from tcdcn_ext.detect import CALIBRATION_5PT, DetectorError, Detections, calibrate_boxes
 from tcdcn_ext.model import WeightsError, shipped_models
 
@@ -214,14 +215,19 @@ def test_align_batch_equals_single_calls(boxed, rgb):
 
 def test_averaged(boxed, rgb):
     avg = Aligner(model=boxed.model, detector="none", averaged=True)
-    assert len(avg.shifts) == 20 and np.allclose(DEFAULT_SHIFTS.mean(0), 0)
+    np.testing.assert_array_equal(avg.shifts, default_shifts(boxed.model))
+    assert len(avg.shifts) == 20 and np.allclose(avg.shifts.mean(0), 0)
     ref = boxed.align(rgb, [BOX])[0]
     got = avg.align(rgb, [BOX])[0]
     assert np.abs(got.landmarks - ref.landmarks).max() < 3.0
-    one = Aligner(model=boxed.model, detector="none", averaged=True, shifts=[[0.0, 0.0]])
-    np.testing.assert_allclose(one.align(rgb, [BOX])[0].landmarks, ref.landmarks, atol=1e-4)
-    with pytest.raises(ValueError):
-        Aligner(model=boxed.model, detector="none", shifts=np.zeros((0, 2)))
+    # The Aligner's averaged path is the averaging module's (same crops, same op), and its attributes are averaged.
+    np.testing.assert_allclose(got.landmarks, predict_averaged(boxed.model, rgb, [BOX])[0], atol=2e-3)
+    assert abs(sum(got.attributes["pose"].probabilities.values()) - 1.0) < 1e-5
+    one = Aligner(model=boxed.model, detector="none", averaged=True, shifts=[[0, 0]])
+    np.testing.assert_allclose(one.align(rgb, [BOX])[0].landmarks, ref.landmarks, atol=2e-3)
+    for bad in (np.zeros((0, 2)), [[0.5, 0.0]], [[1, 2, 3]]):
+        with pytest.raises(ValueError, match="whole-pixel"):
+            Aligner(model=boxed.model, detector="none", shifts=bad)
 
 
 def test_no_face_gives_empty_list(detecting):
@@ -276,6 +282,24 @@ def test_68_points_not_shipped_is_clear():
         pytest.skip("a 68-point model is shipped")
     with pytest.raises(WeightsError, match="68"):
         Aligner(points=68, detector="none")
+
+
+def test_68_points_detected_calibrated_and_averaged(rgb):
+    if "68pt" not in shipped_models():
+        pytest.skip("no 68-point model is shipped")
+    from tcdcn_ext.detect import CALIBRATION_68PT
+
+    plain = Aligner(points=68, detector="auto")
+    if plain._detect is None:
+        pytest.skip("no face detector is installed (yuface)")
+    assert plain.calibration is CALIBRATION_68PT
+    faces = plain(rgb)
+    assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].attributes == {}
+    x0, y0, x1, y1 = faces[0].box
+    pts = faces[0].landmarks
+    assert np.all((pts[:, 0] > x0 - 20) & (pts[:, 0] < x1 + 20) & (pts[:, 1] > y0 - 20) & (pts[:, 1] < y1 + 20))
+    avg = Aligner(points=68, detector="auto", averaged=True)(rgb)
+    assert len(avg) == 1 and np.abs(avg[0].landmarks - pts).max() < 4.0
 
 
 def test_model_points_mismatch(boxed):
