@@ -122,6 +122,31 @@ class Face:
 
     __hash__ = None  # type: ignore[assignment]  (holds an array)
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names missing from the instance: ``attributes`` of a Face made by an Aligner call is
+        # built on first read, from the call's probability arrays (see _AttributeTable).
+        if name == "attributes":
+            source = self.__dict__.get("_attribute_source")
+            if source is not None:
+                table, index = source
+                value = self.__dict__.setdefault("attributes", table.attributes(index))
+                self.__dict__.pop("_attribute_source", None)
+                return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickle / copy see the four fields, never the lazy source (which holds the whole call's probabilities)
+        return {"box": self.box, "score": self.score, "landmarks": self.landmarks, "attributes": self.attributes}
+
+    @classmethod
+    def _from_call(cls, box: tuple[float, float, float, float], score: float, landmarks: np.ndarray,
+                   table: "_AttributeTable", index: int) -> "Face":
+        """The Aligner's constructor: fields set directly (the frozen dataclass ``__init__`` costs ~1.5 us a face)
+        and ``attributes`` left to be built from ``table`` row ``index`` when first read."""
+        face = object.__new__(cls)
+        face.__dict__.update(box=box, score=score, landmarks=landmarks, _attribute_source=(table, index))
+        return face
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: plain floats and lists."""
         return {
@@ -130,6 +155,31 @@ class Face:
             "landmarks": [[float(x), float(y)] for x, y in self.landmarks.tolist()],
             "attributes": {k: a.to_dict() for k, a in self.attributes.items()},
         }
+
+
+class _AttributeTable:
+    """The class probabilities ``{task: [F, C]}`` of one Aligner call, turned into :class:`Attribute` objects only
+    for the faces whose ``attributes`` are read: building all of them (four frozen dataclasses and dicts per face)
+    took ~6 us a face, a third of the batched forward pass."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, probs: dict[str, np.ndarray]) -> None:
+        tasks = []
+        for t, p in probs.items():
+            names = ATTRIBUTE_LABELS.get(t)
+            if names is None or len(names) != p.shape[1]:
+                names = tuple(str(i) for i in range(p.shape[1]))
+            tasks.append((t, names, p))
+        self.tasks = tuple(tasks)
+
+    def attributes(self, index: int) -> dict[str, Attribute]:
+        out = {}
+        for t, names, p in self.tasks:
+            row = p[index].astype(np.float64).tolist()  # plain Python floats
+            j = int(p[index].argmax())
+            out[t] = Attribute(label=names[j], probability=row[j], probabilities=dict(zip(names, row)))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,31 +421,43 @@ def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], shifts: np.ndarray,
         used = boxes[:, None, :].copy()
     else:
         used = boxes[:, None, :] + shifts[None, :, [0, 1, 0, 1]] * np.concatenate([wh, wh], axis=1)[:, None, :]
-    shrink = wh.max(axis=1) > _SHRINK_ABOVE * size
-    x = torch.empty(len(pairs) * k, 1, size, size)
+    shrink = (wh.max(axis=1) > _SHRINK_ABOVE * size).tolist()
     groups: dict[int, tuple[list, dict, list, list]] = {}  # channel order -> (images, id -> slot, slots, faces)
+    prev, slot_of_face, faces, slot = None, [], [], 0
+    for i, (pix, _) in enumerate(pairs):
+        if shrink[i]:
+            continue
+        if pix is not prev:  # the faces of one image are consecutive: one lookup per image
+            prev = pix
+            images, slots, slot_of_face, faces = groups.setdefault(1 if pix.order == "bgr" else 0, ([], {}, [], []))
+            slot = slots.get(id(pix))
+            if slot is None:
+                a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
+                if any(st < 0 for st in a.strides):
+                    a = np.ascontiguousarray(a)
+                slot = slots[id(pix)] = len(images)
+                images.append(torch.from_numpy(a))
+        slot_of_face.append(slot)
+        faces.append(i)
+    x = None
+    for order, (images, _, slot_of_face, faces) in groups.items():
+        index = torch.from_numpy(np.repeat(np.asarray(slot_of_face, np.int64), k))
+        if len(faces) == len(pairs):  # every face, in order: the op's output is the batch
+            return ops.face_patches(images, index, torch.from_numpy(used.reshape(-1, 4)), size,
+                                    "bgr" if order else "rgb"), used
+        if x is None:
+            x = torch.empty(len(pairs) * k, 1, size, size)
+        faces_a = np.asarray(faces)
+        rows = torch.from_numpy((faces_a[:, None] * k + np.arange(k)[None, :]).reshape(-1))
+        x[rows] = ops.face_patches(images, index, torch.from_numpy(used[faces_a].reshape(-1, 4)), size,
+                                   "bgr" if order else "rgb")
+    if x is None:
+        x = torch.empty(len(pairs) * k, 1, size, size)
     for i, (pix, b) in enumerate(pairs):
         if shrink[i]:
             patches = np.zeros((k, size, size), np.float32)
             _face_inputs(pix, b, shifts, patches)
             x[i * k:(i + 1) * k, 0] = _standardise(patches)
-            continue
-        images, slots, slot_of_face, faces = groups.setdefault(1 if pix.order == "bgr" else 0, ([], {}, [], []))
-        slot = slots.get(id(pix))
-        if slot is None:
-            a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
-            if any(st < 0 for st in a.strides):
-                a = np.ascontiguousarray(a)
-            slot = slots[id(pix)] = len(images)
-            images.append(torch.from_numpy(a))
-        slot_of_face.append(slot)
-        faces.append(i)
-    for order, (images, _, slot_of_face, faces) in groups.items():
-        faces_a = np.asarray(faces)
-        rows = torch.from_numpy((faces_a[:, None] * k + np.arange(k)[None, :]).reshape(-1))
-        index = torch.from_numpy(np.repeat(np.asarray(slot_of_face, np.int64), k))
-        x[rows] = ops.face_patches(images, index, torch.from_numpy(used[faces_a].reshape(-1, 4)), size,
-                                   "bgr" if order else "rgb")
     return x, used
 
 
@@ -455,6 +517,21 @@ def _valid_boxes(boxes: Any, name: "str | _Label") -> np.ndarray:
         bad = ~np.all(np.isfinite(b), axis=1) | ~(b[:, 2] > b[:, 0]) | ~(b[:, 3] > b[:, 1])
         raise ValueError(f"{name}: invalid boxes (need finite x0 < x1, y0 < y1): {b[bad][:3].tolist()}")
     return b
+
+
+def _all_valid_boxes(boxes: Sequence[Any]) -> list[np.ndarray] | None:
+    """Every image's boxes as :func:`_valid_boxes` gives them, checked in one vectorised pass over the batch; None
+    when any list does not convert or holds an invalid box (the caller then checks image by image, which raises
+    the error that names it)."""
+    try:
+        out = [np.asarray(b, np.float64).reshape(-1, 4) for b in boxes]
+    except Exception:  # whatever it is, the per-image check raises it (or its ValueError) in the right order
+        return None
+    if out:
+        b = np.concatenate(out)
+        if not (np.isfinite(b).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+            return None
+    return out
 
 
 @dataclass
@@ -590,7 +667,11 @@ class Aligner:
     def _jobs_for(self, pixels: list[_Pixels], boxes: Sequence[Any] | None,
                   names: "list[str | _Label] | None" = None) -> list[_Job]:
         """Detect (where no boxes are given) and collect the boxes the model will see, image by image."""
-        jobs = []
+        if boxes is not None and len(boxes) == len(pixels) and all(b is not None for b in boxes):
+            given = _all_valid_boxes(boxes)
+            if given is not None:
+                return [_Job(pix, b, b, np.ones(len(b))) for pix, b in zip(pixels, given)]
+        jobs = []  # detection, or a bad box list: image by image, so that an error names the first bad image
         for i, pix in enumerate(pixels):
             name = names[i] if names else f"images[{i}]"
             given = None if boxes is None else boxes[i]
@@ -668,16 +749,16 @@ class Aligner:
                 except ValueError:  # degenerate landmarks: keep the detector's box
                     pass
         pts, probs = self._predict(pairs, shifts)
-        attrs = self._attributes(probs, len(pairs))
+        table = _AttributeTable(probs)
+        make = Face._from_call
         out: list[list[Face]] = []
         f = 0
         for job in jobs:
             faces = []
-            boxes, scores = job.report_boxes.tolist(), job.scores.tolist()
-            for j in range(len(boxes)):
+            for box, score in zip(job.report_boxes.tolist(), job.scores.tolist()):
                 lm = pts[f].copy()
                 lm.setflags(write=False)
-                faces.append(Face(box=tuple(boxes[j]), score=scores[j], landmarks=lm, attributes=attrs[f]))
+                faces.append(make(tuple(box), score, lm, table, f))
                 f += 1
             out.append(faces)
         return out
@@ -698,16 +779,3 @@ class Aligner:
             probs[t] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
             c += n
         return uv, probs
-
-    def _attributes(self, probs: dict[str, np.ndarray], n: int) -> list[dict[str, Attribute]]:
-        """Per face, one :class:`Attribute` per task from the probabilities ``{task: [F, C]}`` (plain Python floats;
-        built from lists, per-element numpy access costs more than the forward pass for large batches)."""
-        out: list[dict[str, Attribute]] = [{} for _ in range(n)]
-        for t, p in probs.items():
-            names = ATTRIBUTE_LABELS.get(t)
-            if names is None or len(names) != p.shape[1]:
-                names = tuple(str(i) for i in range(p.shape[1]))
-            best = p.argmax(axis=1).tolist()
-            for i, (row, j) in enumerate(zip(p.astype(np.float64).tolist(), best)):
-                out[i][t] = Attribute(label=names[j], probability=row[j], probabilities=dict(zip(names, row)))
-        return out
