@@ -97,6 +97,28 @@ def test_face_equality_and_dict(boxed, rgb):
         hash(a)
 
 
+def test_face_attributes_built_on_read_behave_as_fields(boxed, rgb):
+    """An Aligner's faces build ``attributes`` on first read: the value, copies, pickles and replace() are those of
+    a Face made with the attributes given."""
+    import copy
+    import dataclasses
+    import pickle
+
+    faces = boxed.align_batch([rgb, rgb], [[BOX, (170.0, 70.0, 270.0, 170.0)], [BOX]])
+    f = faces[0][1]
+    eager = Face(box=f.box, score=f.score, landmarks=f.landmarks, attributes=dict(f.attributes))
+    assert f == eager and f.attributes is f.attributes
+    for a in f.attributes.values():
+        assert a.probability == max(a.probabilities.values()) and isinstance(a.probability, float)
+    for fresh in (lambda: boxed.align(rgb, [BOX])[0], lambda: faces[1][0]):
+        g = fresh()
+        assert pickle.loads(pickle.dumps(g)) == g and copy.deepcopy(g) == g and copy.copy(g) == g
+        assert sorted(vars(pickle.loads(pickle.dumps(g)))) == ["attributes", "box", "landmarks", "score"]
+    assert dataclasses.replace(faces[1][0], score=0.5).attributes == faces[1][0].attributes
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        f.nope  # noqa: B018
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Input kinds
 
