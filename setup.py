@@ -48,6 +48,12 @@ SIMD_FLAGS = {
 }
 
 
+def _torch_uses_openmp() -> bool:
+    """Whether torch's intra-op thread pool (ATen/Parallel) is its OpenMP backend."""
+    info = torch.__config__.parallel_info()
+    return "OpenMP" in info and "native thread pool" not in info.lower()
+
+
 def _want_cuda() -> tuple[bool, str]:
     """Decide whether to build the CUDA kernels, and say why."""
     if _env_flag("TCDCN_FORCE_CPU"):
@@ -126,6 +132,12 @@ def _extension():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx = opt + ["-fvisibility=hidden"]  # torch adds its own -std (C++20 since 2.10)
     link: list[str] = []
+    # at::parallel_for is a header template: with torch's OpenMP backend it only runs in parallel when the caller is
+    # compiled with OpenMP, otherwise every op silently runs on one thread (tcdcn_ext._C.with_openmp tells).
+    openmp = _torch_uses_openmp() and sys.platform.startswith("linux")
+    if openmp:
+        cxx += ["-fopenmp"]
+        link += ["-fopenmp"]
     if SANITIZE:
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
         link += ["-fsanitize=address,undefined"]
@@ -153,6 +165,7 @@ def _extension():
         print(f"  CUDA_HOME={cpp_extension.CUDA_HOME} TORCH_CUDA_ARCH_LIST="
               f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default)')}", file=sys.stderr)
     print(f"  CPU SIMD kernels: {[os.path.basename(s) for s in simd]}", file=sys.stderr)
+    print(f"  OpenMP (for at::parallel_for): {'yes' if openmp else 'no'}", file=sys.stderr)
     print(f"  DEBUG={int(DEBUG)} SANITIZE={int(SANITIZE)} MAX_JOBS={os.environ.get('MAX_JOBS', '(auto)')}",
           file=sys.stderr)
 

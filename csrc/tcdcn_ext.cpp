@@ -64,6 +64,11 @@ PYBIND11_MODULE(_C, m) {
         "fp32 GFLOP/s of independent vector FMA chains on the calling thread (active CPU path), best of the runs "
         "within `seconds`: the arithmetic ceiling of one core. Releases the GIL, so threads measure in parallel.");
   m.attr("torch_version") = TORCH_VERSION;
+#ifdef _OPENMP
+  m.attr("with_openmp") = true;
+#else
+  m.attr("with_openmp") = false;
+#endif
 #ifdef TCDCN_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -13,3 +13,14 @@ def test_fma_peak_gflops_on_every_isa():
     assert all(v > 0.1 for v in seen.values()), seen
     if "avx512" in seen:  # wider vectors do more per cycle (very loose: shared machines are noisy)
         assert seen["avx512"] > 2 * seen["ref"], seen
+
+
+def test_built_with_the_thread_pool_torch_uses():
+    """at::parallel_for in the kernels is a header template: built without OpenMP against an OpenMP torch, every
+    op would silently run on one thread whatever torch.set_num_threads says."""
+    import sys
+
+    import torch
+
+    if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
+        assert _C.with_openmp
