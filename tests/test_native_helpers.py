@@ -24,3 +24,4 @@ def test_built_with_the_thread_pool_torch_uses():
 
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
         assert _C.with_openmp
+

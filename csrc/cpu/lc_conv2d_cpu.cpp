@@ -81,8 +81,17 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
-      k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
+    if (!pool) {
+      at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
+        k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
+      });
+      return;
+    }
+    // The pooled epilogue max-accumulates the 4 locations of a 2x2 cell into one output: threads split at whole
+    // cell rows (two conv rows), so no two threads ever update the same pooled value.
+    const int64_t row_locs = 2 * s.W_out, rows = (s.H_out + 1) / 2;
+    at::parallel_for(0, rows, grain_for(row_locs * s.N * s.K() * s.C_out), [&](int64_t r0, int64_t r1) {
+      k.forward(g, xp, wp, bp, op_, r0 * row_locs, std::min(r1 * row_locs, s.L()), epilogue);
     });
   });
   return out;
