@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d"]
+__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
+           "shift_average"]
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -111,3 +112,30 @@ def face_patches(
     if not patches:
         return torch.empty(0, 1, size, size)
     return torch.stack(patches)[:, None]
+
+
+def shift_average(
+    crop: Tensor, shifts: Sequence[int], window: int, conv_weight: Sequence[Tensor], conv_bias: Sequence[Tensor],
+    pool_after: Sequence[int], shared_conv: bool, activation: str, fc_weight: Tensor, fc_bias: Tensor,
+    head_weight: Tensor, head_bias: Tensor, num_points: int,
+) -> tuple[Tensor, Tensor]:
+    """``tcdcn_ext::shift_average`` the plain way (same arguments, ``shifts`` flat ``[dx0, dy0, ...]``): every
+    shifted window cut out and run through the whole network on its own, then un-shifted and averaged."""
+    import torch.nn.functional as F
+
+    act = abs_tanh if activation == "abs_tanh" else torch.relu
+    my, mx = (crop.shape[2] - window) // 2, (crop.shape[3] - window) // 2
+    pairs = [(int(shifts[i]), int(shifts[i + 1])) for i in range(0, len(shifts), 2)]
+    heads = []
+    for dx, dy in pairs:
+        h = crop[:, :, my + dy:my + dy + window, mx + dx:mx + dx + window]
+        for w, b, pool in zip(conv_weight, conv_bias, pool_after):
+            h = act(F.conv2d(h, w, b) if shared_conv else lc_conv2d(h, w, b))
+            if pool:
+                h = F.max_pool2d(h, 2)
+        f = act(F.linear(h.flatten(1), fc_weight, fc_bias))
+        heads.append(F.linear(f, head_weight, head_bias))
+    out = torch.stack(heads, dim=1)  # [N, K, D]
+    uv = out[:, :, :2 * num_points].reshape(out.shape[0], len(pairs), num_points, 2)
+    shift = torch.tensor(pairs, dtype=out.dtype, device=out.device) / window  # [K, 2]
+    return (uv + shift[None, :, None, :]).mean(dim=1), out

@@ -111,6 +111,25 @@ def test_a_translation_of_the_face_is_undone():
     torch.testing.assert_close(pb, expected, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("shared", [True, False])
+def test_op_equals_the_reference_implementation(device, shared):
+    from tcdcn_ext import _reference
+
+    m = _model(shared, "relu" if shared else "abs_tanh", device=device)
+    layers = [mod for mod in m.conv if hasattr(mod, "weight")]
+    crop = _crop(2, 20, 4, device=device)
+    flat = [v for pair in MIXED for v in pair]
+    args = (crop, flat, 20, [l.weight.detach() for l in layers], [l.bias.detach() for l in layers], [1, 0, 1, 0],
+            shared, m.config.activation, m.fc.weight.detach(), m.fc.bias.detach(), m.landmark_head.weight.detach(),
+            m.landmark_head.bias.detach(), 5)
+    with torch.inference_mode():
+        got = torch.ops.tcdcn_ext.shift_average(*args)
+        ref = _reference.shift_average(*args)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
 def test_opcheck():
     for shared in (True, False):
         m = _model(shared, dtype=torch.float32)
