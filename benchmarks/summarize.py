@@ -1,5 +1,6 @@
-"""Summarise a pytest-benchmark JSON of bench_ops.py / bench_ops_cuda.py: median per row, sums over the four
-TCDCN layers, and the reference/ours ratios.
+"""Summarise a pytest-benchmark JSON of the benchmarks: for the layer rows (bench_ops*.py) the median per row, sums
+over the four TCDCN layers and the reference/ours ratios; for every other row (model, averaged, Aligner, bounds,
+training) its median and the ratios and rates it stores in extra_info.
 
     python benchmarks/summarize.py bench_ops.json [--markdown]
 """
@@ -37,6 +38,18 @@ def summarise(path: str) -> str:
         t = totals[key]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | **sum of 4 layers** | **{1e3 * t['ours']:.3f}** | "
                      f"**{1e3 * t['reference']:.3f}** | **{t['reference'] / t['ours']:.1f}x** |")
+    keys = ("ratio_vs_one_pass", "ratio_vs_raw", "ratio_vs_reference", "speedup_vs_paper_17ms", "per_face_ms",
+            "faces_per_s", "gflops", "faces_per_s_bound", "latency_floor_ms", "gb_per_s", "best_epoch_seconds")
+    other = []
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "layer" in info and info.get("layer") != "model":
+            continue
+        facts = ", ".join(f"{k} {info[k]:.4g}" if isinstance(info[k], float) else f"{k} {info[k]}"
+                          for k in keys if k in info)
+        other.append(f"| {b['name']} | {1e3 * b['stats']['median']:.3f} | {facts} |")
+    if other:
+        lines += ["", "| row | median (ms) | from extra_info |", "|---|---|---|"] + other
     mi = data.get("machine_info", {})
     ci = data.get("commit_info", {})
     lines.append("")
