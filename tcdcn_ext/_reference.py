@@ -27,7 +27,11 @@ def lc_conv2d(
     stride: int | Sequence[int] = (1, 1),
     padding: int | Sequence[int] = (0, 0),
 ) -> Tensor:
-    """Locally connected convolution by ``F.unfold`` + ``einsum`` (weight ``[H_out, W_out, C_in, kH, kW, C_out]``)."""
+    """Locally connected convolution by ``F.unfold`` + ``einsum`` (weight ``[H_out, W_out, C_in, kH, kW, C_out]``).
+
+    A float16 weight with a float32 input is widened to float32 first, as the CPU op does."""
+    if weight.dtype == torch.float16 and input.dtype == torch.float32:
+        weight = weight.float()
     h_out, w_out, c_in, kh, kw, c_out = weight.shape
     n = input.shape[0]
     if n == 0 or c_in == 0:  # F.unfold refuses empty inputs; the sum over no taps is the bias alone

@@ -31,6 +31,13 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     the weight reads (locally connected layers), then un-shifted and averaged. See :func:`shift_average`.
 
 All ops take float32 (fast path) or float64 (exact path for gradcheck), on CPU or CUDA (when built with CUDA).
+
+float16 weights: on the CPU the three ``lc_conv2d*`` forward ops also take a float16 ``weight`` with a float32
+``input`` and bias, for inference. Each weight is widened to float32 as the kernels load it (F16C ``vcvtph2ps`` on
+the AVX2 / AVX-512 paths, in software on ``ref``), the sums stay float32 and the output is float32: the result is
+the float32 op's on ``weight.float()``. At batch 1 every weight is read once per call, so the layer streams weight
+bytes and half the bytes is about half the time. No backward (a float16 weight that needs a gradient is refused),
+and CUDA refuses float16 weights.
 """
 
 from __future__ import annotations
@@ -149,13 +156,17 @@ def lc_conv2d(
 
     Args:
         input: Tensor[N, C_in, H, W], float32 or float64, any strides.
-        weight: Tensor[H_out, W_out, C_in, kH, kW, C_out].
-        bias: Tensor[C_out, H_out, W_out] or None.
+        weight: Tensor[H_out, W_out, C_in, kH, kW, C_out], input's dtype, or float16 with a float32 input (CPU,
+            inference only; see the module docstring).
+        bias: Tensor[C_out, H_out, W_out] or None, input's dtype.
         stride, padding: int or (h, w).
 
     Returns:
-        Tensor[N, C_out, H_out, W_out] (channels-last strides). Differentiable in input, weight and bias.
+        Tensor[N, C_out, H_out, W_out] (channels-last strides). Differentiable in input, weight and bias (not with
+        a float16 weight).
     """
+    if weight.dtype == torch.float16:
+        _refuse_grad("lc_conv2d with a float16 weight", "a float32 weight", input, weight, bias)
     return _ops.lc_conv2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
@@ -173,7 +184,10 @@ def lc_conv2d_abs_tanh(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
-    """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required)."""
+    """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required).
+
+    Takes the arguments of :func:`lc_conv2d`, a float16 weight included (CPU).
+    """
     _refuse_grad("lc_conv2d_abs_tanh", "abs_tanh(lc_conv2d(...))", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
@@ -187,8 +201,8 @@ def lc_conv2d_abs_tanh_maxpool2d(
 ) -> Tensor:
     """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)`` (stride 2, floor mode) in one pass; inference only, CPU only.
 
-    Returns Tensor[N, C_out, H_out // 2, W_out // 2] with channels-last strides. NaN propagates like
-    ``max_pool2d``.
+    Takes the arguments of :func:`lc_conv2d`, a float16 weight included. Returns Tensor[N, C_out, H_out // 2,
+    W_out // 2] with channels-last strides. NaN propagates like ``max_pool2d``.
     """
     _refuse_grad("lc_conv2d_abs_tanh_maxpool2d", "max_pool2d(abs_tanh(lc_conv2d(...)), 2)", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))

@@ -56,10 +56,11 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   return g;
 }
 
-// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h).
+// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h). A float16 weight (with
+// float32 input and bias) is widened in the kernels' registers: float32 sums, float32 output.
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, int epilogue, const char* op) {
-  const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op);
+  const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op, /*half_weight_ok=*/true);
   TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
   const bool pool = epilogue == 2;
   const auto cl = input.options().memory_format(at::MemoryFormat::ChannelsLast);
@@ -75,13 +76,27 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   const at::Tensor b = has_bias ? bias->permute({1, 2, 0}).contiguous() : at::Tensor();
   std::vector<int64_t> off, gi_off;
   const LcGeom g = make_geom(s, x, off, gi_off);
+  const int64_t grain = grain_for(s.N * s.K() * s.C_out);
+  if (weight.scalar_type() == at::kHalf) {  // input is float32 (lc_conv2d_shape)
+    const auto& k = cpu::lc_kernels<float>();
+    const float* xp = x.const_data_ptr<float>();
+    // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
+    static_assert(sizeof(at::Half) == sizeof(uint16_t), "at::Half must be 16 bits");
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::Half>());
+    const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
+    float* op_ = out.mutable_data_ptr<float>();
+    at::parallel_for(0, s.L(), grain, [&](int64_t l0, int64_t l1) {
+      k.forward_half_weight(g, xp, wp, bp, op_, l0, l1, epilogue);
+    });
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lc_conv2d", [&] {
     const auto& k = cpu::lc_kernels<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
+    at::parallel_for(0, s.L(), grain, [&](int64_t l0, int64_t l1) {
       k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
     });
   });

@@ -41,6 +41,10 @@ struct LcKernels {
   // For faces [n0, n1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] += sum_co go[n, l, co] * wt[l, co, kh, kw, ci]
   // over every l. wt: [L, C_out, kH, kW, C_in] contiguous; gi: channels-last [N, H, W, C_in], zeroed by the caller.
   void (*backward_input)(const LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1);
+  // forward with the weights stored as IEEE binary16 bits (same layout as w): each weight is widened to T on load
+  // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
+  void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,
+                              int64_t l1, int epilogue);
 };
 
 template <typename T>

@@ -61,9 +61,22 @@ inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
 // lc_conv2d forward. For one output location l the weights w[l] are a [K, C_out] matrix shared by every face,
 // so the batch is a small GEMM [N, K] x [K, C_out]: a register tile of R faces x V channel vectors, with the
 // input taps broadcast straight from the (strided) input through the precomputed in_off table (no im2col).
+//
+// The weight element type TW is T itself or, for T = float, uint16_t holding binary16 bits: each weight is
+// widened to float as it is loaded (exact), and the sums stay in float. At N = 1 every weight is read once, so
+// the forward streams weight bytes; half the bytes is what makes float16 storage faster there.
 
-template <typename T, int R, int V>
-inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const T* wl, const T* btile, T* out0,
+template <typename T>
+inline typename VT<T>::vec wload(const T* p) {
+  return vload<T>(p);
+}
+inline typename VT<float>::vec wload(const uint16_t* p) { return vload_f16(p); }
+inline float wscalar(float w) { return w; }
+inline double wscalar(double w) { return w; }
+inline float wscalar(uint16_t w) { return f16_bits_to_float(w); }
+
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* btile, T* out0,
                         int64_t out_stride, int mode) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
@@ -76,7 +89,7 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   const int64_t* off = g.in_off;
   for (int64_t k = 0; k < K; ++k) {
     vec wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = vload<T>(wl + k * C + v * W);
+    for (int v = 0; v < V; ++v) wv[v] = wload(wl + k * C + v * W);
     const int64_t o = off[k];
     for (int r = 0; r < R; ++r) {
       const vec x = vbcast<T>(rows[r][o]);
@@ -90,34 +103,34 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   }
 }
 
-template <typename T, int V>
-inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* wl, const T* btile,
+template <typename T, typename TW, int V>
+inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
                          T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode) {
   constexpr int R = rows_for(V);
   const T* rows[R];
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
-    lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
+    lc_fwd_tile<T, TW, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
   }
   for (; n < n1; ++n) {
     rows[0] = in + n * g.in_sN + base;
-    lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
+    lc_fwd_tile<T, TW, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
   }
 }
 
 // Few faces (N = 1 latency): a face row tile would be one accumulator chain per channel vector, bound by FMA
 // latency. Instead tile over R neighbouring output locations of one face: R independent chains, each location
 // with its own weights (every weight is used once, so this path streams the weights at load-port speed).
-template <typename T, int R, int V>
-inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, const T* w, const T* bias, T* out_n,
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, const TW* w, const T* bias, T* out_n,
                         int64_t c0, int mode) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
   vec acc[R][V];
   const T* rows[R];
-  const T* wr[R];
+  const TW* wr[R];
   for (int r = 0; r < R; ++r) {
     rows[r] = in_n + g.in_base(l + r);
     wr[r] = w + (l + r) * K * C + c0;
@@ -128,7 +141,7 @@ inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, c
     const int64_t o = off[k];
     for (int r = 0; r < R; ++r) {
       const vec x = vbcast<T>(rows[r][o]);
-      for (int v = 0; v < V; ++v) acc[r][v] += x * vload<T>(wr[r] + k * C + v * W);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * wload(wr[r] + k * C + v * W);
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -138,20 +151,20 @@ inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, c
   }
 }
 
-template <typename T, int V>
-inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const T* w, const T* bias, T* out_n,
+template <typename T, typename TW, int V>
+inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const TW* w, const T* bias, T* out_n,
                              int64_t l0, int64_t l1, int64_t c0, int mode) {
   constexpr int R = rows_for(V) < 8 ? rows_for(V) : 8;
   int64_t l = l0;
-  for (; l + R <= l1; l += R) lc_fwd_locs<T, R, V>(g, in_n, l, w, bias, out_n, c0, mode);
-  for (; l < l1; ++l) lc_fwd_locs<T, 1, V>(g, in_n, l, w, bias, out_n, c0, mode);
+  for (; l + R <= l1; l += R) lc_fwd_locs<T, TW, R, V>(g, in_n, l, w, bias, out_n, c0, mode);
+  for (; l < l1; ++l) lc_fwd_locs<T, TW, 1, V>(g, in_n, l, w, bias, out_n, c0, mode);
 }
 
 // Batches up to this size take the location-tiled path.
 constexpr int64_t kSmallBatch = 2;
 
-template <typename T>
-void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out,
+template <typename T, typename TW>
+void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
                             int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -163,20 +176,20 @@ void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w
       const int64_t nv = (c_full - c0) / W;
       const int V = nv >= 4 ? 4 : int(nv);
       switch (V) {
-        case 4: lc_fwd_loc_range<T, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 3: lc_fwd_loc_range<T, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 2: lc_fwd_loc_range<T, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        default: lc_fwd_loc_range<T, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 4: lc_fwd_loc_range<T, TW, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 3: lc_fwd_loc_range<T, TW, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 2: lc_fwd_loc_range<T, TW, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        default: lc_fwd_loc_range<T, TW, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
       }
       c0 += V * W;
     }
     for (int64_t l = l0; l < l1; ++l) {  // channels that do not fill a vector
       if (dropped_by_pool(g, l, mode)) continue;
       const T* row = in_n + g.in_base(l);
-      const T* wl = w + l * K * C;
+      const TW* wl = w + l * K * C;
       for (int64_t co = c_full; co < C; ++co) {
         T acc = bias ? bias[l * C + co] : T(0);
-        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
+        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
         store_out_scalar<T>(out_n + out_slot(g, l, mode) * C + co, acc, mode);
       }
     }
@@ -190,18 +203,18 @@ constexpr int64_t kWeightChunkBytes = 512 * 1024;
 
 // Loop order: chunks of locations (weights stay in L2) > blocks of faces (their outputs are written as short
 // contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
-template <typename T>
-void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
+template <typename T, typename TW>
+void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
                 int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, N = g.N;
   if (N <= kSmallBatch) {
-    lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, mode);
+    lc_forward_small_batch<T, TW>(g, in, w, bias, out, l0, l1, mode);
     return;
   }
   const int64_t c_full = (C / W) * W;
   const int64_t out_stride = out_slots(g, mode) * C;
-  const int64_t wl_bytes = K * C * int64_t(sizeof(T));
+  const int64_t wl_bytes = K * C * int64_t(sizeof(TW));
   const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / (wl_bytes > 0 ? wl_bytes : 1);
   const T zeros[4 * W] = {};
   for (int64_t lc0 = l0; lc0 < l1; lc0 += chunk) {
@@ -210,7 +223,7 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
       const int64_t ne = nb + kFaceBlock < N ? nb + kFaceBlock : N;
       for (int64_t l = lc0; l < lc1; ++l) {
         if (dropped_by_pool(g, l, mode)) continue;
-        const T* wl = w + l * K * C;
+        const TW* wl = w + l * K * C;
         const int64_t base = g.in_base(l);
         for (int64_t c0 = 0; c0 < c_full;) {
           const int64_t nv = (c_full - c0) / W;
@@ -218,10 +231,10 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
           const T* bt = bias ? bias + l * C + c0 : zeros;
           T* o = out + out_slot(g, l, mode) * C + c0;
           switch (V) {
-            case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 4: lc_fwd_faces<T, TW, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 3: lc_fwd_faces<T, TW, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 2: lc_fwd_faces<T, TW, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            default: lc_fwd_faces<T, TW, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
           }
           c0 += V * W;
         }
@@ -229,7 +242,7 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
           for (int64_t n = nb; n < ne; ++n) {
             const T* row = in + n * g.in_sN + base;
             T acc = bias ? bias[l * C + co] : T(0);
-            for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
+            for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
             store_out_scalar<T>(out + n * out_stride + out_slot(g, l, mode) * C + co, acc, mode);
           }
         }
@@ -411,6 +424,7 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T*
 
 }  // namespace
 
-const LcKernels<float> lc_kernels_f32 = {&lc_forward<float>, &lc_backward_weight<float>, &lc_backward_input<float>};
-const LcKernels<double> lc_kernels_f64 = {&lc_forward<double>, &lc_backward_weight<double>,
-                                          &lc_backward_input<double>};
+const LcKernels<float> lc_kernels_f32 = {&lc_forward<float, float>, &lc_backward_weight<float>,
+                                         &lc_backward_input<float>, &lc_forward<float, uint16_t>};
+const LcKernels<double> lc_kernels_f64 = {&lc_forward<double, double>, &lc_backward_weight<double>,
+                                          &lc_backward_input<double>, nullptr};
