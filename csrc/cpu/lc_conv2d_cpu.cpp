@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/kernel_table.h"
@@ -56,6 +57,21 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   return g;
 }
 
+// Runs fn(l0, l1) over the output locations in parallel. With the pooling epilogue each task gets whole pairs of
+// output rows: a 2x2 cell is then written by one thread only, and finished by its last location (kernels.h).
+template <typename F>
+void for_location_ranges(const LcShape& s, int epilogue, const F& fn) {
+  const int64_t work = s.N * s.K() * s.C_out;
+  if (epilogue != 2) {
+    at::parallel_for(0, s.L(), grain_for(work), fn);
+    return;
+  }
+  const int64_t pair = 2 * s.W_out;
+  at::parallel_for(0, (s.H_out + 1) / 2, grain_for(work * pair), [&](int64_t p0, int64_t p1) {
+    fn(p0 * pair, std::min(p1 * pair, s.L()));
+  });
+}
+
 // epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h). A float16 weight (with
 // float32 input and bias) is widened in the kernels' registers: float32 sums, float32 output.
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -64,19 +80,26 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
   const bool pool = epilogue == 2;
   const auto cl = input.options().memory_format(at::MemoryFormat::ChannelsLast);
-  // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose.
-  // (at::zeros ignores the memory format of the options: allocate channels-last, then fill.)
-  at::Tensor out = pool ? at::empty({s.N, s.C_out, s.H_out / 2, s.W_out / 2}, cl).zero_()
+  // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose (and the
+  // pooled epilogue needs no zero fill: kernels.h).
+  at::Tensor out = pool ? at::empty({s.N, s.C_out, s.H_out / 2, s.W_out / 2}, cl)
                         : at::empty({s.N, s.C_out, s.H_out, s.W_out}, cl);
   if (out.numel() == 0) return out;
   const at::Tensor x = pad_input(input, s);
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
-  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load.
-  const at::Tensor b = has_bias ? bias->permute({1, 2, 0}).contiguous() : at::Tensor();
+  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load. A bias already laid out so
+  // (channels-last strides; TCDCN's inference path keeps its biases so) is read in place: at batch 1 even a
+  // view costs.
+  at::Tensor b;
+  if (has_bias) {
+    const at::Tensor& bb = *bias;
+    const bool hwc = (s.C_out == 1 || bb.stride(0) == 1) && (s.W_out == 1 || bb.stride(2) == s.C_out) &&
+                     (s.H_out == 1 || bb.stride(1) == s.W_out * s.C_out);
+    b = hwc ? bb : bb.permute({1, 2, 0}).contiguous();
+  }
   std::vector<int64_t> off, gi_off;
   const LcGeom g = make_geom(s, x, off, gi_off);
-  const int64_t grain = grain_for(s.N * s.K() * s.C_out);
   if (weight.scalar_type() == at::kHalf) {  // input is float32 (lc_conv2d_shape)
     const auto& k = cpu::lc_kernels<float>();
     const float* xp = x.const_data_ptr<float>();
@@ -85,7 +108,7 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
     const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::Half>());
     const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
     float* op_ = out.mutable_data_ptr<float>();
-    at::parallel_for(0, s.L(), grain, [&](int64_t l0, int64_t l1) {
+    for_location_ranges(s, epilogue, [&](int64_t l0, int64_t l1) {
       k.forward_half_weight(g, xp, wp, bp, op_, l0, l1, epilogue);
     });
     return out;
@@ -96,7 +119,7 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.L(), grain, [&](int64_t l0, int64_t l1) {
+    for_location_ranges(s, epilogue, [&](int64_t l0, int64_t l1) {
       k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
     });
   });

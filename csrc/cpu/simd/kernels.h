@@ -31,8 +31,10 @@ struct LcKernels {
   // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
   //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[l, co]
   // w: [L, K, C_out] contiguous; bias: [L, C_out] contiguous (the op's [C_out, H_out, W_out] transposed) or null.
-  // epilogue 0: store; 1: store |tanh(out)|; 2: max-accumulate |tanh(out)| into the 2x2 (floor-mode) max-pooled
-  // output [N, H_out/2, W_out/2, C_out], which the caller zero-fills (locations a pooling cell drops are skipped).
+  // epilogue 0: store; 1: store |tanh(out)|; 2: the 2x2 (floor-mode) max pooling of |tanh(out)| into
+  // [N, H_out/2, W_out/2, C_out] (locations a pooling cell drops are skipped). With epilogue 2 a cell is started by
+  // its first location and finished by its last, so [l0, l1) must hold whole pairs of output rows: l0 a multiple
+  // of 2 * W_out, and l1 too or l1 = L.
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
                   int epilogue);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);

@@ -54,6 +54,17 @@ inline float f16_bits_to_float(uint16_t h) {
   return out;
 }
 
+// One binary16 value -> float: F16C where the ISA has it (channel tails of the vector paths), else software.
+inline float f16_to_float(uint16_t h) {
+#if TCDCN_VEC_BYTES > 0
+  typedef short h8 __attribute__((vector_size(16)));
+  const h8 v = {short(h), 0, 0, 0, 0, 0, 0, 0};
+  return __builtin_ia32_vcvtph2ps(v)[0];
+#else
+  return f16_bits_to_float(h);
+#endif
+}
+
 // W float32 lanes from W consecutive binary16 values: F16C's vcvtph2ps (the ymm form for AVX2, AVX-512F's zmm
 // form), called as compiler builtins (GCC 12 does not vectorise a _Float16 -> float conversion by itself).
 inline typename VT<float>::vec vload_f16(const uint16_t* p) {
@@ -61,7 +72,8 @@ inline typename VT<float>::vec vload_f16(const uint16_t* p) {
   typedef short h16 __attribute__((vector_size(32)));
   h16 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  return __builtin_ia32_vcvtph2ps512_mask(h, typename VT<float>::vec{}, (unsigned short)0xffff, 4 /* current rounding */);
+  // all 16 lanes (mask 0xffff), rounding mode 4 = the current one (the conversion is exact anyway)
+  return __builtin_ia32_vcvtph2ps512_mask(h, typename VT<float>::vec{}, (unsigned short)0xffff, 4);
 #elif TCDCN_VEC_BYTES == 32
   typedef short h8 __attribute__((vector_size(16)));
   h8 h;
