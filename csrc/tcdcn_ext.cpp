@@ -16,6 +16,10 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Inference-only fused lc_conv2d + bias + |tanh| + 2x2 max pooling (stride 2, floor mode); CPU only.
   m.def("lc_conv2d_abs_tanh_maxpool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], "
         "int[2] padding=[0, 0]) -> Tensor");
+  // Inference-only, CPU only: locally connected layers in turn, each stride 1 and unpadded, with epilogue[i]
+  // 0 (none), 1 (|tanh|) or 2 (|tanh| + 2x2 max pooling): one call for a whole stack (at batch 1 a Python round
+  // trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's dtype.
+  m.def("lc_conv2d_stack(Tensor input, Tensor[] weight, Tensor?[] bias, int[] epilogue) -> Tensor");
   // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");

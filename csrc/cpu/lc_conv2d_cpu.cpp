@@ -1,10 +1,12 @@
-// CPU implementation of tcdcn_ext::lc_conv2d / lc_conv2d_abs_tanh / _lc_conv2d_backward: argument checks,
-// layout, threading (at::parallel_for over output locations or faces); the arithmetic is in cpu/simd/.
+// CPU implementation of tcdcn_ext::lc_conv2d / lc_conv2d_abs_tanh(_maxpool2d) / lc_conv2d_stack /
+// _lc_conv2d_backward: argument checks, layout, threading (at::parallel_for over output locations or faces);
+// the arithmetic is in cpu/simd/.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "cpu/kernel_table.h"
@@ -143,6 +145,22 @@ at::Tensor lc_conv2d_abs_tanh_maxpool2d_cpu(const at::Tensor& input, const at::T
   return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/2, "lc_conv2d_abs_tanh_maxpool2d");
 }
 
+at::Tensor lc_conv2d_stack_cpu(const at::Tensor& input, at::TensorList weight,
+                               const c10::List<std::optional<at::Tensor>>& bias, at::IntArrayRef epilogue) {
+  TORCH_CHECK(!weight.empty() && bias.size() == weight.size() && epilogue.size() == weight.size(),
+              "lc_conv2d_stack: weight (", weight.size(), "), bias (", bias.size(), ") and epilogue (",
+              epilogue.size(), ") must list the same, non-zero number of layers");
+  const int64_t unit[2] = {1, 1}, none[2] = {0, 0};
+  at::Tensor h = input;
+  for (size_t i = 0; i < weight.size(); ++i) {
+    const std::string op = "lc_conv2d_stack: layer " + std::to_string(i);
+    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 2, op, ": epilogue must be 0 (none), 1 (|tanh|) or 2 (|tanh| ",
+                "and 2x2 max pooling), got ", epilogue[i]);
+    h = forward_impl(h, weight[i], bias.get(i), unit, none, int(epilogue[i]), op.c_str());
+  }
+  return h;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::Tensor& grad_output,
                                                                       const at::Tensor& input,
                                                                       const at::Tensor& weight, at::IntArrayRef stride,
@@ -209,6 +227,7 @@ TORCH_LIBRARY_IMPL(tcdcn_ext, CPU, m) {
   m.impl("lc_conv2d", &lc_conv2d_cpu);
   m.impl("lc_conv2d_abs_tanh", &lc_conv2d_abs_tanh_cpu);
   m.impl("lc_conv2d_abs_tanh_maxpool2d", &lc_conv2d_abs_tanh_maxpool2d_cpu);
+  m.impl("lc_conv2d_stack", &lc_conv2d_stack_cpu);
   m.impl("_lc_conv2d_backward", &lc_conv2d_backward_cpu);
 }
 
