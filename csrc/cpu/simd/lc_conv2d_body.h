@@ -157,6 +157,19 @@ constexpr int64_t kWeightPrefetchBytes = 2048;
 // channels, so that a weight row's cache lines are fetched in one pass rather than split between passes.
 constexpr int kFewFacesMaxV = 8;
 
+// acc[0] += acc[1] + ... + acc[N - 1], pairwise: log2(N) dependent adds rather than N - 1. A recursion on the
+// constant N, so that every index is a constant and the partial sums stay in registers (a loop over a doubling
+// step kept them in a stack array).
+template <int N, int V, typename Vec>
+inline void tree_sum(Vec (*acc)[V]) {
+  if constexpr (N > 1) {
+    constexpr int H = N / 2;
+    for (int u = 0; u < H; ++u)
+      for (int v = 0; v < V; ++v) acc[u][v] += acc[u + N - H][v];  // (odd N: the middle one waits a round)
+    tree_sum<N - H, V>(acc);
+  }
+}
+
 template <typename T, typename TW, int V>
 inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* row, const TW* wl, const T* bl, T* dst, int mode,
                        int part) {
@@ -185,10 +198,7 @@ inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* row, const TW* wl, 
     const vec x = vbcast<T>(row[off[k]]);
     for (int v = 0; v < V; ++v) acc[0][v] += x * wload(wl + k * C + v * W);
   }
-  // Pairwise sum of the partial sums (log2(U) dependent adds rather than U), then the bias.
-  for (int step = 1; step < U; step *= 2)
-    for (int u = 0; u + step < U; u += 2 * step)
-      for (int v = 0; v < V; ++v) acc[u][v] += acc[u + step][v];
+  tree_sum<U, V>(acc);
   for (int v = 0; v < V; ++v) {
     const vec sum = bl ? acc[0][v] + vload<T>(bl + v * W) : acc[0][v];
     store_out<T>(dst + v * W, sum, mode, part);
