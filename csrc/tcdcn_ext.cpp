@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -60,17 +62,27 @@ std::vector<std::string> cpu_isas_supported() {
   return out;
 }
 
-// (version counter, storage address) of each tensor, flattened. Inference tensors (made under
-// torch.inference_mode) have no version counter: 0.
-std::vector<int64_t> tensor_stamp(const std::vector<at::Tensor>& tensors) {
-  std::vector<int64_t> stamp;
-  stamp.reserve(2 * tensors.size());
-  for (const at::Tensor& t : tensors) {
-    stamp.push_back(t.is_inference() ? 0 : int64_t(t._version()));
-    stamp.push_back(t.has_storage() ? int64_t(reinterpret_cast<intptr_t>(t.const_data_ptr())) : 0);
+// Remembers tensors and their (version counter, storage address); changed() tells whether one of them has been
+// modified in place or given new storage since. Inference tensors (made under torch.inference_mode) have no
+// version counter: only their storage is watched.
+class TensorWatch {
+ public:
+  explicit TensorWatch(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
+    for (const at::Tensor& t : tensors_) stamp_.push_back(stamp_of(t));
   }
-  return stamp;
-}
+  bool changed() const {
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      if (stamp_of(tensors_[i]) != stamp_[i]) return true;
+    return false;
+  }
+
+ private:
+  static std::pair<int64_t, const void*> stamp_of(const at::Tensor& t) {
+    return {t.is_inference() ? 0 : int64_t(t._version()), t.has_storage() ? t.const_data_ptr() : nullptr};
+  }
+  std::vector<at::Tensor> tensors_;
+  std::vector<std::pair<int64_t, const void*>> stamp_;
+};
 
 // Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages (Linux;
 // elsewhere, or if that allocation fails, an ordinary one).
@@ -98,11 +110,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
         "Force a CPU kernel path (for tests); raises if the host cannot run it.");
   // Helpers of TCDCN's one-op inference path (model.py), which runs at batch 1 right after its weight stream has
-  // evicted the interpreter's working set: one call checks the plan's twenty source parameters (measured there:
-  // ~8 us, against ~11 us for the forty attribute reads from Python), and the plan's weights lie in one huge-page
-  // buffer (their ~1700 4 KiB pages would also evict the TLB's entries for everything else).
-  m.def("tensor_stamp", &tensor_stamp,
-        "Flat [version, data address, ...] of the tensors: changes when one is modified in place or re-stored.");
+  // evicted the interpreter's working set: one call checks the plan's twenty source parameters (forty attribute
+  // reads from Python cost ~11 us there), and the plan's weights lie in one huge-page buffer (their ~1700 4 KiB
+  // pages would also evict the TLB's entries for everything else).
+  py::class_<TensorWatch>(m, "TensorWatch",
+                          "Remembers tensors; changed() tells whether one was modified in place or re-stored since.")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("changed", &TensorWatch::changed);
   m.def("empty_huge_pages", &empty_huge_pages,
         "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
   m.attr("torch_version") = TORCH_VERSION;

@@ -208,7 +208,7 @@ class TCDCN(nn.Module):
         plan = self._plan
         # (An empty plan depends only on the architecture and the parameters' dtype and device, whose changes
         # go through _apply: no need to check its sources.)
-        if plan is None or (plan.weights and plan.stamp != _stamp(plan.sources)):
+        if plan is None or (plan.weights and plan.sources.changed()):
             # Normal tensors even when called under inference_mode, so that the plan serves outside it too.
             with torch.inference_mode(False), torch.no_grad():
                 plan = self._plan = self._build_plan()
@@ -244,7 +244,7 @@ class TCDCN(nn.Module):
         layers = list(self.conv)
         heads = [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
         sources = [t for m in [*layers, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
-        plan = _InferencePlan(_stamp(sources), sources, [], [], [], 0, [], [])
+        plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [])
         if (not isinstance(self.act, AbsTanh) or any(t.dtype != torch.float32 or t.device.type != "cpu"
                                                      for t in sources)):
             return plan
@@ -281,7 +281,7 @@ class TCDCN(nn.Module):
             if b is not None:
                 biases[i] = next(copies).permute(2, 0, 1)
             weights[i] = next(copies)
-        return _InferencePlan(plan.stamp, sources, weights, biases, epilogues, len(weights) - 1,
+        return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
                               [name for name, _ in heads], [h.out_features for _, h in heads])
 
     def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
@@ -458,11 +458,6 @@ class TCDCN(nn.Module):
         return res
 
 
-def _stamp(tensors: Sequence[Tensor]) -> list[int]:
-    """Changes when one of the tensors is modified in place (its version) or given new storage."""
-    return _C.tensor_stamp(tensors)
-
-
 # Called directly on the inference path, which needs none of the Python wrapper's argument handling.
 _LC_STACK = torch.ops.tcdcn_ext.lc_conv2d_stack.default
 
@@ -488,10 +483,9 @@ def _packed(tensors: Sequence[Tensor]) -> list[Tensor]:
 @dataclass
 class _InferencePlan:
     """What :meth:`TCDCN._build_plan` made: lc_conv2d_stack's arguments for the whole network (empty where the
-    architecture is not covered), and the parameters they were made from (``stamp`` = their _stamp)."""
+    architecture is not covered), and a watch on the parameters they were made from."""
 
-    stamp: list[int]
-    sources: list[Tensor]
+    sources: _C.TensorWatch
     weights: list[Tensor]
     biases: list[Tensor | None]
     epilogues: list[int]
