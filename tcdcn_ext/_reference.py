@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d"]
+__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
+           "lc_conv2d_stack"]
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -71,6 +72,21 @@ def lc_conv2d_abs_tanh_maxpool2d(
 ) -> Tensor:
     """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)``."""
     return F.max_pool2d(lc_conv2d_abs_tanh(input, weight, bias, stride, padding), 2)
+
+
+def lc_conv2d_stack(
+    input: Tensor,
+    weight: Sequence[Tensor],
+    bias: Sequence[Tensor | None],
+    epilogue: Sequence[str],
+) -> Tensor:
+    """The layers in turn: ``lc_conv2d`` (stride 1, no padding), then per ``epilogue[i]`` nothing (``"none"``),
+    ``abs_tanh`` or ``abs_tanh`` and ``max_pool2d(2)`` (``"abs_tanh_maxpool2d"``)."""
+    layer = {"none": lc_conv2d, "abs_tanh": lc_conv2d_abs_tanh, "abs_tanh_maxpool2d": lc_conv2d_abs_tanh_maxpool2d}
+    h = input
+    for w, b, e in zip(weight, bias, epilogue):
+        h = layer[e](h, w, b)
+    return h
 
 
 def face_patches(

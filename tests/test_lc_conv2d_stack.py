@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tcdcn_ext import _reference as ref
 from tcdcn_ext import ops
 
 EPILOGUE_OPS = {"none": ops.lc_conv2d, "abs_tanh": ops.lc_conv2d_abs_tanh,
@@ -51,6 +52,7 @@ def test_equals_the_ops_in_turn(isa, n, half):
             want = in_turn(x, weights, biases, epilogues)
         assert got.shape == want.shape and got.stride() == want.stride()
         assert torch.equal(got, want)
+        torch.testing.assert_close(got, ref.lc_conv2d_stack(x, weights, biases, epilogues), rtol=1e-4, atol=1e-4)
 
 
 def test_float64():
