@@ -2,7 +2,8 @@
 weights run with the pure-PyTorch reference ops (F.unfold + einsum, tanh().abs()), in the same run.
 
 Rows: batch 1 on one thread (latency; the paper: 17 ms per face on a 2014 CPU) and batch 256 on every thread
-(throughput). extra_info holds per-face milliseconds and the ratio to the paper's 17 ms.
+(throughput). extra_info holds per-face milliseconds and the ratio to the paper's 17 ms. Then batch 1 on one
+thread with the weights stored as float16 and as float32 (TCDCN.set_inference_weights), beside the read bound.
 
     pytest benchmarks/bench_model.py --benchmark-json=bench_model.json
 """
@@ -64,6 +65,43 @@ def test_model_forward(benchmark, threads, n, impl):
     per_face_ms = 1e3 * benchmark.stats.stats.median / n
     benchmark.extra_info.update(per_face_ms=per_face_ms, faces_per_s=1e3 / per_face_ms,
                                 speedup_vs_paper_17ms=PAPER_CPU_MS / per_face_ms)
+
+
+# -- weight storage at batch 1, one thread: every weight is read once per face, so bytes are time ----------------
+
+
+@pytest.mark.parametrize("weights", ["float16", "float32"])
+def test_model_forward_weight_storage(benchmark, threads, weights):
+    """The forward with its weights stored as float16 (the shipped model's default: its weights are float16
+    values) or float32. extra_info: the stored weight bytes and the read bound, the median time of a one-thread
+    torch.sum over that many bytes (the weights as float32 elements), measured in the same run."""
+    import statistics
+    import time
+
+    torch.set_num_threads(1)
+    model = _model().set_inference_weights(weights)
+    x = torch.randn(1, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x)["landmarks"], reference_forward(model, x), rtol=1e-4, atol=1e-4)
+        stored = model._plan.weights
+    nbytes = sum(w.numel() * w.element_size() for w in stored)
+    flat = torch.cat([w.reshape(-1).view(torch.uint8) for w in stored])
+    flat = flat[: flat.numel() // 4 * 4].view(torch.float32)
+    reads = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        flat.sum()
+        reads.append(time.perf_counter() - t0)
+
+    def run():
+        with torch.inference_mode():
+            return model(x)["landmarks"]
+
+    benchmark.group = "TCDCN 5-point forward, N=1, 1 thread: weight storage"
+    benchmark.extra_info.update(weights=weights, n=1, threads=1, weight_bytes=nbytes,
+                                read_bound_ms=1e3 * statistics.median(reads))
+    benchmark.pedantic(run, rounds=200, warmup_rounds=10, iterations=1)
+    benchmark.extra_info["per_face_ms"] = 1e3 * benchmark.stats.stats.median
 
 
 # -- TCDCN-Averaged: the shift_average op vs one pass and vs 20 naive passes (batch 1, one thread) ------------------

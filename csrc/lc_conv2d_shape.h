@@ -21,17 +21,24 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* name
 }
 
 // Validates every argument of lc_conv2d and returns the geometry. Messages name the argument and the
-// expected shape, dtype or device.
+// expected shape, dtype or device. half_weight_ok: the caller (the CPU forward ops) also takes a float16 weight
+// with a float32 input (and float32 bias).
 inline LcShape lc_conv2d_shape(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                               at::IntArrayRef padding, const char* op = "lc_conv2d") {
+                               at::IntArrayRef padding, const char* op = "lc_conv2d", bool half_weight_ok = false) {
   TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D [N, C_in, H, W], got shape ", input.sizes());
   TORCH_CHECK(weight.dim() == 6, op, ": weight must be 6-D [H_out, W_out, C_in, kH, kW, C_out], got shape ",
               weight.sizes(), " (convert a natural [H_out, W_out, C_out, C_in, kH, kW] weight with ",
               "tcdcn_ext.ops.lc_weight_from_natural)");
   check_floating(input, op, "input");
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), op, ": weight dtype ", weight.scalar_type(),
-              " does not match input dtype ", input.scalar_type());
+  const bool half_weight = weight.scalar_type() == at::kHalf;
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type() ||
+                  (half_weight_ok && half_weight && input.scalar_type() == at::kFloat),
+              op, ": weight dtype ", weight.scalar_type(), " does not match input dtype ", input.scalar_type(),
+              !half_weight       ? ""
+              : half_weight_ok   ? " (a float16 weight needs a float32 input)"
+                                 : " (float16 weights are taken only by the CPU forward ops, with a float32 input; "
+                                   "not by CUDA or the backward)");
   TORCH_CHECK(weight.device() == input.device(), op, ": weight is on ", weight.device(), " but input is on ",
               input.device());
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2, op, ": stride and padding must have 2 entries, got ",

@@ -4,6 +4,14 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <utility>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cpu/isa.h"
 #include "cpu/peak_flops.h"
 
@@ -17,6 +25,10 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Inference-only fused lc_conv2d + bias + |tanh| + 2x2 max pooling (stride 2, floor mode); CPU only.
   m.def("lc_conv2d_abs_tanh_maxpool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], "
         "int[2] padding=[0, 0]) -> Tensor");
+  // Inference-only, CPU only: locally connected layers in turn, each stride 1 and unpadded, with epilogue[i]
+  // 0 (none), 1 (|tanh|) or 2 (|tanh| + 2x2 max pooling): one call for a whole stack (at batch 1 a Python round
+  // trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's dtype.
+  m.def("lc_conv2d_stack(Tensor input, Tensor[] weight, Tensor?[] bias, int[] epilogue) -> Tensor");
   // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
@@ -51,6 +63,45 @@ std::vector<std::string> cpu_isas_supported() {
   return out;
 }
 
+// Remembers tensors and their (version counter, storage address); changed() tells whether one of them has been
+// modified in place or given new storage since. Inference tensors (made under torch.inference_mode) have no
+// version counter: only their storage is watched.
+class TensorWatch {
+ public:
+  explicit TensorWatch(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
+    for (const at::Tensor& t : tensors_) stamp_.push_back(stamp_of(t));
+  }
+  bool changed() const {
+    for (size_t i = 0; i < tensors_.size(); ++i)
+      if (stamp_of(tensors_[i]) != stamp_[i]) return true;
+    return false;
+  }
+
+ private:
+  static std::pair<int64_t, const void*> stamp_of(const at::Tensor& t) {
+    return {t.is_inference() ? 0 : int64_t(t._version()), t.has_storage() ? t.const_data_ptr() : nullptr};
+  }
+  std::vector<at::Tensor> tensors_;
+  std::vector<std::pair<int64_t, const void*>> stamp_;
+};
+
+// Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages (Linux;
+// elsewhere, or if that allocation fails, an ordinary one).
+at::Tensor empty_huge_pages(int64_t nbytes) {
+  TORCH_CHECK(nbytes >= 0, "empty_huge_pages: nbytes must be >= 0, got ", nbytes);
+#if defined(__linux__)
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t size = (size_t(nbytes) + kHuge - 1) / kHuge * kHuge;
+  if (size > 0) {
+    if (void* p = std::aligned_alloc(kHuge, size)) {
+      madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
+      return at::from_blob(p, {nbytes}, [](void* q) { std::free(q); }, at::TensorOptions().dtype(at::kByte));
+    }
+  }
+#endif
+  return at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -63,6 +114,16 @@ PYBIND11_MODULE(_C, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>(),
         "fp32 GFLOP/s of independent vector FMA chains on the calling thread (active CPU path), best of the runs "
         "within `seconds`: the arithmetic ceiling of one core. Releases the GIL, so threads measure in parallel.");
+  // Helpers of TCDCN's one-op inference path (model.py), which runs at batch 1 right after its weight stream has
+  // evicted the interpreter's working set: one call checks the plan's twenty source parameters (forty attribute
+  // reads from Python cost ~11 us there), and the plan's weights lie in one huge-page buffer (their ~1700 4 KiB
+  // pages would also evict the TLB's entries for everything else).
+  py::class_<TensorWatch>(m, "TensorWatch",
+                          "Remembers tensors; changed() tells whether one was modified in place or re-stored since.")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("changed", &TensorWatch::changed);
+  m.def("empty_huge_pages", &empty_huge_pages,
+        "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
   m.attr("torch_version") = TORCH_VERSION;
 #ifdef _OPENMP
   m.attr("with_openmp") = true;

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
-           "shift_average"]
+           "lc_conv2d_stack", "shift_average"]
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -28,7 +28,11 @@ def lc_conv2d(
     stride: int | Sequence[int] = (1, 1),
     padding: int | Sequence[int] = (0, 0),
 ) -> Tensor:
-    """Locally connected convolution by ``F.unfold`` + ``einsum`` (weight ``[H_out, W_out, C_in, kH, kW, C_out]``)."""
+    """Locally connected convolution by ``F.unfold`` + ``einsum`` (weight ``[H_out, W_out, C_in, kH, kW, C_out]``).
+
+    A float16 weight with a float32 input is widened to float32 first, as the CPU op does."""
+    if weight.dtype == torch.float16 and input.dtype == torch.float32:
+        weight = weight.float()
     h_out, w_out, c_in, kh, kw, c_out = weight.shape
     n = input.shape[0]
     if n == 0 or c_in == 0:  # F.unfold refuses empty inputs; the sum over no taps is the bias alone
@@ -68,6 +72,21 @@ def lc_conv2d_abs_tanh_maxpool2d(
 ) -> Tensor:
     """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)``."""
     return F.max_pool2d(lc_conv2d_abs_tanh(input, weight, bias, stride, padding), 2)
+
+
+def lc_conv2d_stack(
+    input: Tensor,
+    weight: Sequence[Tensor],
+    bias: Sequence[Tensor | None],
+    epilogue: Sequence[str],
+) -> Tensor:
+    """The layers in turn: ``lc_conv2d`` (stride 1, no padding), then per ``epilogue[i]`` nothing (``"none"``),
+    ``abs_tanh`` or ``abs_tanh`` and ``max_pool2d(2)`` (``"abs_tanh_maxpool2d"``)."""
+    layer = {"none": lc_conv2d, "abs_tanh": lc_conv2d_abs_tanh, "abs_tanh_maxpool2d": lc_conv2d_abs_tanh_maxpool2d}
+    h = input
+    for w, b, e in zip(weight, bias, epilogue):
+        h = layer[e](h, w, b)
+    return h
 
 
 def face_patches(

@@ -25,21 +25,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import _C, ops
 from .nn import AbsTanh, LocallyConnected2d
 
-__all__ = ["AUX_TASKS_5PT", "CudaGraphForward", "TCDCN", "TCDCNConfig", "WeightsError", "load_model", "save_weights", "shipped_models"]
+__all__ = ["AUX_TASKS_5PT", "CudaGraphForward", "TCDCN", "TCDCNConfig", "InferenceWeights", "WeightsError",
+           "load_model", "save_weights", "shipped_models"]
 
 #: The paper's auxiliary tasks and their class counts (MTFL codes, see the data README).
 AUX_TASKS_5PT: dict[str, int] = {"pose": 5, "gender": 2, "glasses": 2, "smile": 2}
@@ -47,6 +49,10 @@ AUX_TASKS_5PT: dict[str, int] = {"pose": 5, "gender": 2, "glasses": 2, "smile": 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
 
+
+#: Storage of the weights on the one-op CPU inference path (:meth:`TCDCN.set_inference_weights`).
+InferenceWeights = Literal["auto", "float32", "float16"]
+_INFERENCE_WEIGHTS = ("auto", "float32", "float16")
 
 #: Activation modules selectable by ``TCDCNConfig.activation``.
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"abs_tanh": AbsTanh, "relu": nn.ReLU}
@@ -135,6 +141,8 @@ class TCDCN(nn.Module):
         nn.init.zeros_(self.landmark_head.weight)
         with torch.no_grad():  # start from the mean face: points spread over the box's centre area
             self.landmark_head.bias.copy_(torch.full((2 * config.num_points,), 0.5))
+        self._inference_weights: str = "auto"
+        self._plan: _InferencePlan | None = None  # the one-op CPU inference path's tensors, built on first use
 
     @property
     def num_points(self) -> int:
@@ -144,6 +152,148 @@ class TCDCN(nn.Module):
     def input_size(self) -> int:
         return self.config.input_size
 
+    def set_inference_weights(self, dtype: InferenceWeights) -> "TCDCN":
+        """How the one-op CPU inference path (:meth:`_build_plan`) stores its weights; returns ``self``.
+
+        That path (eval mode, no gradients, float32 on the CPU) reads every weight once per batch; at batch 1
+        the read is most of the forward's time, and float16 storage halves it. The kernels widen each float16
+        weight to float32 in registers and sum in float32 (``tcdcn_ext.ops``).
+
+        * ``"auto"`` (default): a layer gets a float16 copy of its weights when every one is exactly a float16
+          value, else float32 ones. The results are then those of float32 storage; the shipped models, stored as
+          float16, qualify.
+        * ``"float16"``: float16 copies always (weights rounded to float16: relative error <= 2^-11 each).
+          Raises ``ValueError`` if a weight is beyond float16's range (65504).
+        * ``"float32"``: float32 weights.
+
+        Training, the autograd path, float64, CUDA and architectures the path does not cover use the parameters
+        as they are. The copies follow the parameters: they are rebuilt after the model was in training mode, and
+        when a parameter changes in place (an optimizer step, ``load_state_dict``), gets new storage or is moved or
+        converted (``.to()``, ``.float()``). Fused optimizers (``fused=True``) change parameters without bumping
+        their version counters: step them in training mode (as usual), or call this method again afterwards; do
+        the same after replacing a parameter object of a layer directly.
+        """
+        if dtype not in _INFERENCE_WEIGHTS:
+            raise ValueError(f"set_inference_weights: dtype must be one of {_INFERENCE_WEIGHTS}, got {dtype!r}")
+        self._inference_weights = dtype
+        self._plan = None
+        return self
+
+    @property
+    def inference_weights(self) -> str:
+        """The storage mode set by :meth:`set_inference_weights`."""
+        return self._inference_weights
+
+    def train(self, mode: bool = True) -> "TCDCN":
+        # Entering training mode drops the inference copies: fused optimizer steps (torch.optim.Adam(fused=True),
+        # what tcdcn-train uses) update the parameters in place without bumping their version counters, so the
+        # watch alone would miss them.
+        if mode:
+            self._plan = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._plan = None  # .to(), .float(), .cuda(), ...: the parameters get new storage
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._plan = None  # assign=True replaces the parameter objects
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plan"] = None
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_inference_weights", "auto")
+        self.__dict__.setdefault("_plan", None)
+
+    def _inference_plan(self, x: Tensor) -> "_InferencePlan | None":
+        """The one-op inference path's plan when it serves this input (the caller has checked eval mode and no
+        gradients), else None."""
+        if x.dtype != torch.float32 or not x.is_cpu:
+            return None
+        plan = self._plan
+        # (An empty plan depends only on the architecture and the parameters' dtype and device, whose changes
+        # go through _apply: no need to check its sources.)
+        if plan is None or (plan.weights and plan.sources.changed()):
+            # Normal tensors even when called under inference_mode, so that the plan serves outside it too.
+            with torch.inference_mode(False), torch.no_grad():
+                plan = self._plan = self._build_plan()
+        return plan if plan.weights else None
+
+    def _inference_weight(self, name: str, w: Tensor) -> Tensor:
+        """``w`` (float32, the op's layout, contiguous) as :meth:`set_inference_weights` says."""
+        mode = self._inference_weights
+        if mode == "float32":
+            return w
+        half = w.half()
+        if mode == "auto" and not torch.equal(half.float(), w):
+            return w
+        if mode == "float16" and bool((half.isinf() & w.isfinite()).any()):
+            raise ValueError(f"set_inference_weights('float16'): {name} has weights beyond float16's range "
+                             f"(max |w| = {w.abs().max().item():.4g} > 65504)")
+        return half
+
+    def _build_plan(self) -> "_InferencePlan":
+        """The whole forward as one :func:`tcdcn_ext.ops.lc_conv2d_stack` call (CPU, float32):
+
+        * each locally connected layer with its |tanh| and the 2x2 max pooling after it (when there is one);
+        * the fc layer and its |tanh|: a locally connected layer whose single window is the whole last map
+          (weight ``[1, 1, C, s, s, F]`` from the fc's ``[F, C * s * s]``, input flattened as ``(c, y, x)``);
+        * every head, stacked: one more such layer, on the ``1 x 1`` feature map, with no epilogue.
+
+        Weights as :meth:`set_inference_weights` says; biases laid out channels-last (same shape and values,
+        the layout the kernels read, so that the op does not transpose them on every call). All of them are
+        copies, in one buffer in the order the op reads them, on transparent huge pages where the OS gives them
+        (:func:`_packed`). An architecture the op does not cover (ordinary convolutions, ReLU, stride or padding,
+        a pooling of another kind, float64 parameters) gets an empty plan and keeps the per-module path.
+        """
+        layers = list(self.conv)
+        heads = [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
+        sources = [t for m in [*layers, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
+        plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [])
+        if (not isinstance(self.act, AbsTanh) or any(t.dtype != torch.float32 or t.device.type != "cpu"
+                                                     for t in sources)):
+            return plan
+        weights, biases, epilogues = [], [], []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if not (isinstance(layer, LocallyConnected2d) and i + 1 < len(layers)
+                    and isinstance(layers[i + 1], AbsTanh) and tuple(layer.stride) == (1, 1)
+                    and tuple(layer.padding) == (0, 0)):
+                return plan
+            nxt = layers[i + 2] if i + 2 < len(layers) else None
+            pool = isinstance(nxt, nn.MaxPool2d)
+            if pool and not _is_plain_2x2(nxt):
+                return plan
+            weights.append(self._inference_weight(f"conv[{i}]", layer.weight.detach()))
+            biases.append(None if layer.bias is None else layer.bias.detach())
+            epilogues.append(2 if pool else 1)
+            i += 3 if pool else 2
+        c = self.config.channels[-1]
+        s = math.isqrt(self.flat_dim // c)  # the last map is c x s x s
+        fc_w = self.fc.weight.detach().reshape(1, 1, -1, c, s, s)  # natural [H_out, W_out, C_out, C_in, kH, kW]
+        weights.append(self._inference_weight("fc", ops.lc_weight_from_natural(fc_w)))
+        biases.append(self.fc.bias.detach().reshape(-1, 1, 1))
+        epilogues.append(1)
+        head_w = torch.cat([h.weight.detach() for _, h in heads]).reshape(1, 1, -1, self.config.feature_dim, 1, 1)
+        weights.append(self._inference_weight("heads", ops.lc_weight_from_natural(head_w)))
+        biases.append(torch.cat([h.bias.detach() for _, h in heads]).reshape(-1, 1, 1))
+        epilogues.append(0)
+        # One buffer: each layer's bias, as [H, W, C] (a channels-last [C, H, W] in memory), then its weight.
+        order = [t for w, b in zip(weights, biases) for t in ([] if b is None else [b.permute(1, 2, 0)]) + [w]]
+        copies = iter(_packed(order))
+        for i, b in enumerate(biases):
+            if b is not None:
+                biases[i] = next(copies).permute(2, 0, 1)
+            weights[i] = next(copies)
+        return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
+                              [name for name, _ in heads], [h.out_features for _, h in heads])
+
     def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
         """Initialise the landmark head's offset to a mean shape ``[P, 2]`` in the box frame."""
         uv = torch.as_tensor(np.asarray(uv, dtype=np.float32)).reshape(-1)
@@ -152,18 +302,25 @@ class TCDCN(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The shared feature, Tensor[N, feature_dim]."""
-        s = self.config.input_size
-        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != s or x.shape[3] != s:
-            raise ValueError(f"TCDCN: expected input Tensor[N, 1, {s}, {s}], got shape {tuple(x.shape)}")
+        self._check_input(x)
         if torch.is_grad_enabled() or self.training:
             h = self.conv(x)
         else:
+            plan = self._inference_plan(x)
+            if plan is not None:
+                n = plan.features_end  # the layers up to the fc's; [N, F, 1, 1] channels-last: flatten is a view
+                return _LC_STACK(x, plan.weights[:n], plan.biases[:n], plan.epilogues[:n]).flatten(1)
             h = self._conv_inference(x)
         return self.drop(self.act(self.fc(h.flatten(1))))
 
+    def _check_input(self, x: Tensor) -> None:
+        s = self.config.input_size
+        if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(f"TCDCN: expected input Tensor[N, 1, {s}, {s}], got shape {tuple(x.shape)}")
+
     def _conv_inference(self, h: Tensor) -> Tensor:
         """The conv stack with each locally connected layer, its |tanh| and (on the CPU) the 2x2 max pooling after
-        it fused into one op (no grad)."""
+        it fused into one op (no grad). (CPU float32 inference is one op for the whole network: _build_plan.)"""
         layers = list(self.conv)
         i = 0
         while i < len(layers):
@@ -183,6 +340,17 @@ class TCDCN(nn.Module):
         return h
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if not (torch.is_grad_enabled() or self.training):
+            plan = self._inference_plan(x)
+            if plan is not None:
+                self._check_input(x)
+                y = _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1)  # [N, D]
+                parts = y.split_with_sizes(plan.head_sizes, 1)
+                if len(y) > 1:  # column blocks of y; contiguous like the per-head products (one row already is)
+                    parts = [p.contiguous() for p in parts]
+                out = dict(zip(plan.head_names, parts))
+                out["landmarks"] = out["landmarks"].view(-1, self.config.num_points, 2)
+                return out
         f = self.features(x)
         out = {"landmarks": self.landmark_head(f).view(-1, self.config.num_points, 2)}
         for task, head in self.aux_heads.items():
@@ -339,6 +507,42 @@ class CudaGraphForward:
             self.static_in.copy_(x, non_blocking=True)
             self.graph.replay()
             return {k: v.clone() for k, v in self.static_out.items()}
+
+
+# Called directly on the inference path, which needs none of the Python wrapper's argument handling.
+_LC_STACK = torch.ops.tcdcn_ext.lc_conv2d_stack.default
+
+
+def _packed(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Contiguous copies of the tensors, one after another (64-byte aligned) in one buffer on transparent huge
+    pages where the OS gives them: a batch-1 forward then streams one run of memory through a few TLB entries,
+    rather than ~1700 4 KiB pages whose entries evict everything else's (measured: ~7% of the forward)."""
+    sizes = [t.numel() * t.element_size() for t in tensors]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // 64) * 64
+    buf = _C.empty_huge_pages(total)
+    out = []
+    for t, off, n in zip(tensors, offsets, sizes):
+        dst = buf[off:off + n].view(t.dtype).view(t.shape)
+        dst.copy_(t)
+        out.append(dst)
+    return out
+
+
+@dataclass
+class _InferencePlan:
+    """What :meth:`TCDCN._build_plan` made: lc_conv2d_stack's arguments for the whole network (empty where the
+    architecture is not covered), and a watch on the parameters they were made from."""
+
+    sources: _C.TensorWatch
+    weights: list[Tensor]
+    biases: list[Tensor | None]
+    epilogues: list[int]
+    features_end: int  # the layers [0, features_end) give the shared feature; the last one is the heads
+    head_names: list[str]  # the output columns of the heads layer, in blocks of head_sizes
+    head_sizes: list[int]
 
 
 def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:

@@ -25,12 +25,23 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
 ``lc_conv2d_abs_tanh(...)``
     ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
 
+``lc_conv2d_stack(input, weight, bias, epilogue)``
+    Several locally connected layers (stride 1, no padding) in one call, each with its epilogue (none, |tanh|,
+    or |tanh| and 2x2 max pooling): the ops above called in turn, inference only, CPU only.
+
 ``shift_average(crop, shifts, window, ...)``
     TCDCN-Averaged in one op, inference only: a whole network (conv layers, fc, heads) run on ``K`` shifted
     ``window x window`` crops of each face, sharing the convolutions between the shifts (shared-weight layers) or
     the weight reads (locally connected layers), then un-shifted and averaged. See :func:`shift_average`.
 
 All ops take float32 (fast path) or float64 (exact path for gradcheck), on CPU or CUDA (when built with CUDA).
+
+float16 weights: on the CPU the three ``lc_conv2d*`` forward ops also take a float16 ``weight`` with a float32
+``input`` and bias, for inference. Each weight is widened to float32 as the kernels load it (F16C ``vcvtph2ps`` on
+the AVX2 / AVX-512 paths, in software on ``ref``), the sums stay float32 and the output is float32: the result is
+the float32 op's on ``weight.float()``. At batch 1 every weight is read once per call, so the layer streams weight
+bytes and half the bytes is about half the time. No backward (a float16 weight that needs a gradient is refused),
+and CUDA refuses float16 weights.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from torch import Tensor
 from . import _C
 
 __all__ = [
+    "LC_EPILOGUES",
     "abs_tanh",
     "cpu_isa",
     "face_patches",
@@ -51,6 +63,7 @@ __all__ = [
     "lc_conv2d",
     "lc_conv2d_abs_tanh",
     "lc_conv2d_abs_tanh_maxpool2d",
+    "lc_conv2d_stack",
     "lc_output_size",
     "lc_weight_from_natural",
     "lc_weight_to_natural",
@@ -149,13 +162,17 @@ def lc_conv2d(
 
     Args:
         input: Tensor[N, C_in, H, W], float32 or float64, any strides.
-        weight: Tensor[H_out, W_out, C_in, kH, kW, C_out].
-        bias: Tensor[C_out, H_out, W_out] or None.
+        weight: Tensor[H_out, W_out, C_in, kH, kW, C_out], input's dtype, or float16 with a float32 input (CPU,
+            inference only; see the module docstring).
+        bias: Tensor[C_out, H_out, W_out] or None, input's dtype.
         stride, padding: int or (h, w).
 
     Returns:
-        Tensor[N, C_out, H_out, W_out] (channels-last strides). Differentiable in input, weight and bias.
+        Tensor[N, C_out, H_out, W_out] (channels-last strides). Differentiable in input, weight and bias (not with
+        a float16 weight).
     """
+    if weight.dtype == torch.float16:
+        _refuse_grad("lc_conv2d with a float16 weight", "a float32 weight", input, weight, bias)
     return _ops.lc_conv2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
@@ -173,7 +190,10 @@ def lc_conv2d_abs_tanh(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0,
 ) -> Tensor:
-    """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required)."""
+    """``abs_tanh(lc_conv2d(...))`` fused in one pass; inference only (raises if gradients are required).
+
+    Takes the arguments of :func:`lc_conv2d`, a float16 weight included (CPU).
+    """
     _refuse_grad("lc_conv2d_abs_tanh", "abs_tanh(lc_conv2d(...))", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
@@ -187,11 +207,48 @@ def lc_conv2d_abs_tanh_maxpool2d(
 ) -> Tensor:
     """``max_pool2d(abs_tanh(lc_conv2d(...)), 2)`` (stride 2, floor mode) in one pass; inference only, CPU only.
 
-    Returns Tensor[N, C_out, H_out // 2, W_out // 2] with channels-last strides. NaN propagates like
-    ``max_pool2d``.
+    Takes the arguments of :func:`lc_conv2d`, a float16 weight included. Returns Tensor[N, C_out, H_out // 2,
+    W_out // 2] with channels-last strides. NaN propagates like ``max_pool2d``.
     """
     _refuse_grad("lc_conv2d_abs_tanh_maxpool2d", "max_pool2d(abs_tanh(lc_conv2d(...)), 2)", input, weight, bias)
     return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+
+
+#: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes).
+LC_EPILOGUES = {"none": 0, "abs_tanh": 1, "abs_tanh_maxpool2d": 2}
+
+
+def lc_conv2d_stack(
+    input: Tensor,
+    weight: Sequence[Tensor],
+    bias: Sequence[Tensor | None],
+    epilogue: Sequence[str],
+) -> Tensor:
+    """Locally connected layers in turn, in one call; inference only, CPU only.
+
+    Layer ``i`` is ``lc_conv2d(h, weight[i], bias[i])`` (stride 1, no padding) followed by ``epilogue[i]``:
+    ``"none"``, ``"abs_tanh"`` (:func:`lc_conv2d_abs_tanh`) or ``"abs_tanh_maxpool2d"``
+    (:func:`lc_conv2d_abs_tanh_maxpool2d`); the result is, bit for bit, that of those ops called in turn. One
+    call rather than one per layer: at batch 1 the Python round trip and dispatch of each call cost about as
+    much as a small layer's arithmetic. A fully connected layer is a locally connected one whose single window is
+    the whole map (weight ``[1, 1, C, H, W, F]``), so a whole 5-point TCDCN forward can be one stack.
+
+    Args:
+        input: Tensor[N, C_in, H, W], float32 or float64.
+        weight: per layer Tensor[H_out, W_out, C_in, kH, kW, C_out], the input's dtype or float16 (with float32).
+        bias: per layer Tensor[C_out, H_out, W_out] (the input's dtype) or None.
+        epilogue: per layer, a key of :data:`LC_EPILOGUES`.
+
+    Returns:
+        The last layer's output, channels-last strides.
+    """
+    if len(epilogue) != len(weight):
+        raise ValueError(f"lc_conv2d_stack: {len(weight)} weights but {len(epilogue)} epilogues")
+    bad = [e for e in epilogue if e not in LC_EPILOGUES]
+    if bad:
+        raise ValueError(f"lc_conv2d_stack: epilogue must be one of {sorted(LC_EPILOGUES)}, got {bad[0]!r}")
+    _refuse_grad("lc_conv2d_stack", "the per-layer ops (lc_conv2d, abs_tanh, max_pool2d)", input, *weight, *bias)
+    return _ops.lc_conv2d_stack(input, list(weight), list(bias), [LC_EPILOGUES[e] for e in epilogue])
 
 
 def abs_tanh(x: Tensor) -> Tensor:
@@ -324,6 +381,21 @@ def _lc_conv2d_abs_tanh_maxpool2d_fake(input, weight, bias, stride=(1, 1), paddi
     return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=torch.channels_last)
 
 
+@torch.library.register_fake("tcdcn_ext::lc_conv2d_stack")
+def _lc_conv2d_stack_fake(input, weight, bias, epilogue):
+    torch._check(len(weight) >= 1 and len(bias) == len(weight) and len(epilogue) == len(weight),
+                 lambda: "lc_conv2d_stack: weight, bias and epilogue must list the same, non-zero number of layers")
+    torch._check(input.dim() == 4, lambda: f"lc_conv2d_stack: input must be 4-D, got {input.dim()}-D")
+    c, h, w = input.shape[1], input.shape[2], input.shape[3]
+    for wt, e in zip(weight, epilogue):
+        torch._check(wt.dim() == 6, lambda: f"lc_conv2d_stack: weights must be 6-D, got {wt.dim()}-D")
+        c, h, w = wt.shape[5], wt.shape[0], wt.shape[1]
+        if e == 2:
+            h, w = h // 2, w // 2
+    return torch.empty((input.shape[0], c, h, w), dtype=input.dtype, device=input.device,
+                       memory_format=torch.channels_last)
+
+
 @torch.library.register_fake("tcdcn_ext::_lc_conv2d_backward")
 def _lc_conv2d_backward_fake(grad_output, input, weight, stride, padding, output_mask):
     def make(flag: bool, shape) -> Tensor:
@@ -388,8 +460,8 @@ torch.library.register_autograd("tcdcn_ext::lc_conv2d", _lc_backward, setup_cont
 
 def _fused_backward(ctx, grad_output):
     raise RuntimeError(
-        "the fused lc_conv2d_abs_tanh ops are inference-only and have no backward; use abs_tanh(lc_conv2d(...)) "
-        "(and max_pool2d) for training"
+        "the fused lc_conv2d_abs_tanh ops and lc_conv2d_stack are inference-only and have no backward; use "
+        "abs_tanh(lc_conv2d(...)) (and max_pool2d) for training"
     )
 
 
@@ -400,6 +472,7 @@ def _fused_setup_context(ctx, inputs, output):
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh", _fused_backward, setup_context=_fused_setup_context)
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d", _fused_backward,
                                 setup_context=_fused_setup_context)
+torch.library.register_autograd("tcdcn_ext::lc_conv2d_stack", _fused_backward, setup_context=_fused_setup_context)
 
 
 def _shift_average_backward(ctx, *grads):

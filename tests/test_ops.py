@@ -353,6 +353,24 @@ def test_fused_maxpool_matches_reference(n, shape):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("half", [False, True])
+def test_fused_maxpool_on_several_threads(n, half):
+    """Each thread gets whole pairs of output rows, so every 2x2 cell is started and finished by one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for shape in [(48, 8, 8, 3, 64, 1, 0), (3, 16, 13, 2, 17, 1, 0), (2, 30, 30, 3, 16, 1, 0)]:
+            x, w, b, s, p = make(shape, n)
+            w = w.half() if half else w
+            with torch.no_grad():
+                for _ in range(5):
+                    torch.testing.assert_close(ops.lc_conv2d_abs_tanh_maxpool2d(x, w, b, s, p),
+                                               ref.lc_conv2d_abs_tanh_maxpool2d(x, w, b, s, p), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fused_maxpool_nan_refuses_grad_and_opcheck():
     x, w, b, s, p = make(ODD_SHAPES[0], 2)
     x[0, 0, 2, 2] = float("nan")

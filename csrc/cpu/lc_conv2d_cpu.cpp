@@ -1,9 +1,12 @@
-// CPU implementation of tcdcn_ext::lc_conv2d / lc_conv2d_abs_tanh / _lc_conv2d_backward: argument checks,
-// layout, threading (at::parallel_for over output locations or faces); the arithmetic is in cpu/simd/.
+// CPU implementation of tcdcn_ext::lc_conv2d / lc_conv2d_abs_tanh(_maxpool2d) / lc_conv2d_stack /
+// _lc_conv2d_backward: argument checks, layout, threading (at::parallel_for over output locations or faces);
+// the arithmetic is in cpu/simd/.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 #include "cpu/kernel_table.h"
@@ -56,42 +59,70 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   return g;
 }
 
-// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h).
+// Runs fn(l0, l1) over the output locations in parallel. With the pooling epilogue each task gets whole pairs of
+// output rows: a 2x2 cell is then written by one thread only, and finished by its last location (kernels.h).
+template <typename F>
+void for_location_ranges(const LcShape& s, int epilogue, const F& fn) {
+  const int64_t work = s.N * s.K() * s.C_out;
+  if (epilogue != 2) {
+    at::parallel_for(0, s.L(), grain_for(work), fn);
+    return;
+  }
+  const int64_t pair = 2 * s.W_out;
+  at::parallel_for(0, (s.H_out + 1) / 2, grain_for(work * pair), [&](int64_t p0, int64_t p1) {
+    fn(p0 * pair, std::min(p1 * pair, s.L()));
+  });
+}
+
+// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h). A float16 weight (with
+// float32 input and bias) is widened in the kernels' registers: float32 sums, float32 output.
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                         at::IntArrayRef stride, at::IntArrayRef padding, int epilogue, const char* op) {
-  const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op);
+  const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op, /*half_weight_ok=*/true);
   TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
   const bool pool = epilogue == 2;
   const auto cl = input.options().memory_format(at::MemoryFormat::ChannelsLast);
-  // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose.
-  // (at::zeros ignores the memory format of the options: allocate channels-last, then fill.)
-  at::Tensor out = pool ? at::empty({s.N, s.C_out, s.H_out / 2, s.W_out / 2}, cl).zero_()
+  // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose (and the
+  // pooled epilogue needs no zero fill: kernels.h).
+  at::Tensor out = pool ? at::empty({s.N, s.C_out, s.H_out / 2, s.W_out / 2}, cl)
                         : at::empty({s.N, s.C_out, s.H_out, s.W_out}, cl);
   if (out.numel() == 0) return out;
   const at::Tensor x = pad_input(input, s);
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
-  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load.
-  const at::Tensor b = has_bias ? bias->permute({1, 2, 0}).contiguous() : at::Tensor();
+  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load. A bias already laid out so
+  // (channels-last strides; TCDCN's inference path keeps its biases so) is read in place: at batch 1 even a
+  // view costs.
+  at::Tensor b;
+  if (has_bias) {
+    const at::Tensor& bb = *bias;
+    const bool hwc = (s.C_out == 1 || bb.stride(0) == 1) && (s.W_out == 1 || bb.stride(2) == s.C_out) &&
+                     (s.H_out == 1 || bb.stride(1) == s.W_out * s.C_out);
+    b = hwc ? bb : bb.permute({1, 2, 0}).contiguous();
+  }
   std::vector<int64_t> off, gi_off;
   const LcGeom g = make_geom(s, x, off, gi_off);
+  if (weight.scalar_type() == at::kHalf) {  // input is float32 (lc_conv2d_shape)
+    const auto& k = cpu::lc_kernels<float>();
+    const float* xp = x.const_data_ptr<float>();
+    // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
+    static_assert(sizeof(at::Half) == sizeof(uint16_t), "at::Half must be 16 bits");
+    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::Half>());
+    const float* bp = has_bias ? b.const_data_ptr<float>() : nullptr;
+    float* op_ = out.mutable_data_ptr<float>();
+    for_location_ranges(s, epilogue, [&](int64_t l0, int64_t l1) {
+      k.forward_half_weight(g, xp, wp, bp, op_, l0, l1, epilogue);
+    });
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lc_conv2d", [&] {
     const auto& k = cpu::lc_kernels<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    if (!pool) {
-      at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
-        k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
-      });
-      return;
-    }
-    // The pooled epilogue max-accumulates the 4 locations of a 2x2 cell into one output: threads split at whole
-    // cell rows (two conv rows), so no two threads ever update the same pooled value.
-    const int64_t row_locs = 2 * s.W_out, rows = (s.H_out + 1) / 2;
-    at::parallel_for(0, rows, grain_for(row_locs * s.N * s.K() * s.C_out), [&](int64_t r0, int64_t r1) {
-      k.forward(g, xp, wp, bp, op_, r0 * row_locs, std::min(r1 * row_locs, s.L()), epilogue);
+    for_location_ranges(s, epilogue, [&](int64_t l0, int64_t l1) {
+      k.forward(g, xp, wp, bp, op_, l0, l1, epilogue);
     });
   });
   return out;
@@ -112,6 +143,22 @@ at::Tensor lc_conv2d_abs_tanh_maxpool2d_cpu(const at::Tensor& input, const at::T
                                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                             at::IntArrayRef padding) {
   return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/2, "lc_conv2d_abs_tanh_maxpool2d");
+}
+
+at::Tensor lc_conv2d_stack_cpu(const at::Tensor& input, at::TensorList weight,
+                               const c10::List<std::optional<at::Tensor>>& bias, at::IntArrayRef epilogue) {
+  TORCH_CHECK(!weight.empty() && bias.size() == weight.size() && epilogue.size() == weight.size(),
+              "lc_conv2d_stack: weight (", weight.size(), "), bias (", bias.size(), ") and epilogue (",
+              epilogue.size(), ") must list the same, non-zero number of layers");
+  const int64_t unit[2] = {1, 1}, none[2] = {0, 0};
+  at::Tensor h = input;
+  for (size_t i = 0; i < weight.size(); ++i) {
+    const std::string op = "lc_conv2d_stack: layer " + std::to_string(i);
+    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 2, op, ": epilogue must be 0 (none), 1 (|tanh|) or 2 (|tanh| ",
+                "and 2x2 max pooling), got ", epilogue[i]);
+    h = forward_impl(h, weight[i], bias.get(i), unit, none, int(epilogue[i]), op.c_str());
+  }
+  return h;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::Tensor& grad_output,
@@ -180,6 +227,7 @@ TORCH_LIBRARY_IMPL(tcdcn_ext, CPU, m) {
   m.impl("lc_conv2d", &lc_conv2d_cpu);
   m.impl("lc_conv2d_abs_tanh", &lc_conv2d_abs_tanh_cpu);
   m.impl("lc_conv2d_abs_tanh_maxpool2d", &lc_conv2d_abs_tanh_maxpool2d_cpu);
+  m.impl("lc_conv2d_stack", &lc_conv2d_stack_cpu);
   m.impl("_lc_conv2d_backward", &lc_conv2d_backward_cpu);
 }
 

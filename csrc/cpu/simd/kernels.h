@@ -31,8 +31,10 @@ struct LcKernels {
   // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
   //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[l, co]
   // w: [L, K, C_out] contiguous; bias: [L, C_out] contiguous (the op's [C_out, H_out, W_out] transposed) or null.
-  // epilogue 0: store; 1: store |tanh(out)|; 2: max-accumulate |tanh(out)| into the 2x2 (floor-mode) max-pooled
-  // output [N, H_out/2, W_out/2, C_out], which the caller zero-fills (locations a pooling cell drops are skipped).
+  // epilogue 0: store; 1: store |tanh(out)|; 2: the 2x2 (floor-mode) max pooling of |tanh(out)| into
+  // [N, H_out/2, W_out/2, C_out] (locations a pooling cell drops are skipped). With epilogue 2 a cell is started by
+  // its first location and finished by its last, so [l0, l1) must hold whole pairs of output rows: l0 a multiple
+  // of 2 * W_out, and l1 too or l1 = L.
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
                   int epilogue);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
@@ -41,6 +43,10 @@ struct LcKernels {
   // For faces [n0, n1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] += sum_co go[n, l, co] * wt[l, co, kh, kw, ci]
   // over every l. wt: [L, C_out, kH, kW, C_in] contiguous; gi: channels-last [N, H, W, C_in], zeroed by the caller.
   void (*backward_input)(const LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1);
+  // forward with the weights stored as IEEE binary16 bits (same layout as w): each weight is widened to T on load
+  // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
+  void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,
+                              int64_t l1, int epilogue);
 };
 
 template <typename T>

@@ -11,48 +11,65 @@
 
 namespace {
 
-// Epilogues of the forward: kPlain stores the sum, kAbsTanh stores |tanh(sum)|, kAbsTanhMaxPool max-accumulates
-// |tanh(sum)| into the 2x2 max-pooled output (zero-initialised by the caller; |tanh| >= 0, and NaN propagates as
-// in torch's max_pool2d).
+// Epilogues of the forward: kPlain stores the sum, kAbsTanh stores |tanh(sum)|, kAbsTanhMaxPool stores the 2x2
+// max pooling of |tanh(sum)| (floor mode; NaN propagates as in torch's max_pool2d). |tanh| increases with |x|, so
+// the max of a cell's |tanh| is |tanh| of its largest |sum|: the cell's first location (even row, even column)
+// stores |sum|, the next two max-accumulate theirs and the last (odd row, odd column) applies |tanh| once: a
+// quarter of the |tanh|s (whose latency a small layer such as TCDCN's first would otherwise expose), and no
+// zero-filled output. Locations are visited in increasing order for each face and channel, so the four come in
+// that order.
 enum Epilogue : int { kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2 };
+// Where a location stands in its pooling cell (kAbsTanhMaxPool only).
+enum CellPart : int { kCellFirst = 0, kCellInner = 1, kCellLast = 2 };
 
 template <typename T>
-inline void store_out(T* dst, typename VT<T>::vec v, int mode) {
+inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
   if (mode == kPlain) {
     vstore<T>(dst, v);
     return;
   }
-  v = act_vec(v);
   if (mode == kAbsTanh) {
-    vstore<T>(dst, v);
+    vstore<T>(dst, act_vec(v));
     return;
   }
-  const typename VT<T>::vec o = vload<T>(dst);
-  vstore<T>(dst, (o != o) ? o : (((v > o) | (v != v)) ? v : o));
+  v = v < 0 ? -v : v;  // |v| (NaN stays NaN)
+  if (part != kCellFirst) {
+    const typename VT<T>::vec o = vload<T>(dst);
+    v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
+  }
+  vstore<T>(dst, part == kCellLast ? act_vec(v) : v);
 }
 
 template <typename T>
-inline void store_out_scalar(T* dst, T v, int mode) {
+inline void store_out_scalar(T* dst, T v, int mode, int part) {
   if (mode == kPlain) {
     *dst = v;
     return;
   }
-  v = abs_tanh_scalar(v);
   if (mode == kAbsTanh) {
-    *dst = v;
+    *dst = abs_tanh_scalar(v);
     return;
   }
-  const T o = *dst;
-  *dst = (o != o) ? o : ((v > o || v != v) ? v : o);
+  v = v < 0 ? -v : v;
+  if (part != kCellFirst) {
+    const T o = *dst;
+    v = (o != o) ? o : ((v > o || v != v) ? v : o);
+  }
+  *dst = part == kCellLast ? abs_tanh_scalar(v) : v;
 }
 
-// Output slot of location l: l itself, or its 2x2 pooling cell; pooled() tells whether floor-mode pooling drops it.
+// Output slot of location l: l itself, or its 2x2 pooling cell; dropped_by_pool() tells whether floor-mode pooling
+// drops it, cell_part() where it stands in its cell.
 inline int64_t out_slot(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
   return mode == kAbsTanhMaxPool ? ((l / g.W_out) / 2) * (g.W_out / 2) + (l % g.W_out) / 2 : l;
 }
 inline bool dropped_by_pool(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
   return mode == kAbsTanhMaxPool && ((l / g.W_out) >= 2 * (g.H_out / 2) || (l % g.W_out) >= 2 * (g.W_out / 2));
 }
+inline int cell_part_at(int64_t i, int64_t j) {
+  return (i & 1) ? ((j & 1) ? kCellLast : kCellInner) : ((j & 1) ? kCellInner : kCellFirst);
+}
+inline int cell_part(const tcdcn::cpu::LcGeom& g, int64_t l) { return cell_part_at(l / g.W_out, l % g.W_out); }
 inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
   return mode == kAbsTanhMaxPool ? (g.H_out / 2) * (g.W_out / 2) : g.L();
 }
@@ -61,10 +78,23 @@ inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
 // lc_conv2d forward. For one output location l the weights w[l] are a [K, C_out] matrix shared by every face,
 // so the batch is a small GEMM [N, K] x [K, C_out]: a register tile of R faces x V channel vectors, with the
 // input taps broadcast straight from the (strided) input through the precomputed in_off table (no im2col).
+//
+// The weight element type TW is T itself or, for T = float, uint16_t holding binary16 bits: each weight is
+// widened to float as it is loaded (exact), and the sums stay in float. At N = 1 every weight is read once, so
+// the forward streams weight bytes; half the bytes is what makes float16 storage faster there.
 
-template <typename T, int R, int V>
-inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const T* wl, const T* btile, T* out0,
-                        int64_t out_stride, int mode) {
+template <typename T>
+inline typename VT<T>::vec wload(const T* p) {
+  return vload<T>(p);
+}
+inline typename VT<float>::vec wload(const uint16_t* p) { return vload_f16(p); }
+inline float wscalar(float w) { return w; }
+inline double wscalar(double w) { return w; }
+inline float wscalar(uint16_t w) { return f16_to_float(w); }
+
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* btile, T* out0,
+                        int64_t out_stride, int mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -76,7 +106,7 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   const int64_t* off = g.in_off;
   for (int64_t k = 0; k < K; ++k) {
     vec wv[V];
-    for (int v = 0; v < V; ++v) wv[v] = vload<T>(wl + k * C + v * W);
+    for (int v = 0; v < V; ++v) wv[v] = wload(wl + k * C + v * W);
     const int64_t o = off[k];
     for (int r = 0; r < R; ++r) {
       const vec x = vbcast<T>(rows[r][o]);
@@ -85,73 +115,124 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   }
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) {
-      store_out<T>(out0 + r * out_stride + v * W, acc[r][v], mode);
+      store_out<T>(out0 + r * out_stride + v * W, acc[r][v], mode, part);
     }
   }
 }
 
-template <typename T, int V>
-inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* wl, const T* btile,
-                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode) {
+template <typename T, typename TW, int V>
+inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
+                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode, int part) {
   constexpr int R = rows_for(V);
   const T* rows[R];
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
-    lc_fwd_tile<T, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
+    lc_fwd_tile<T, TW, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
   }
   for (; n < n1; ++n) {
     rows[0] = in + n * g.in_sN + base;
-    lc_fwd_tile<T, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode);
+    lc_fwd_tile<T, TW, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
   }
 }
 
-// Few faces (N = 1 latency): a face row tile would be one accumulator chain per channel vector, bound by FMA
-// latency. Instead tile over R neighbouring output locations of one face: R independent chains, each location
-// with its own weights (every weight is used once, so this path streams the weights at load-port speed).
-template <typename T, int R, int V>
-inline void lc_fwd_locs(const tcdcn::cpu::LcGeom& g, const T* in_n, int64_t l, const T* w, const T* bias, T* out_n,
-                        int64_t c0, int mode) {
+// Few faces (N = 1 latency): every weight is used once per face, so the layer streams its weights and the
+// kernel's job is to keep up with that stream. One location at a time: its [K, C_out] block is read front to back
+// (one sequential stream for the prefetchers, and only the input and weight pointers live, where a tile of
+// several locations runs out of general registers and spills its pointers), with U partial sums over the taps
+// (tap k goes to sum k mod U) so that U x V independent FMA chains hide the FMA latency.
+constexpr int partial_sums_for(int v) {
+  const int u = (8 + v - 1) / v;                // at least 8 chains
+  const int cap = (TCDCN_NUM_VREGS - 2) / v;    // accumulators plus a weight and a broadcast register
+  return u < cap ? u : (cap < 1 ? 1 : cap);
+}
+
+// The few-faces path prefetches the weight stream this far ahead into L1 (prefetcht0): with the L2 streamer
+// alone the loads still wait on L3 (measured on a Xeon at batch 1: ~10% slower layers; 1-2 KiB ahead was best,
+// and prefetchnta twice as slow). A location's block and the next are adjacent, so reading past the block is
+// just the next location's weights (or, after the last, a harmless prefetch past the tensor).
+constexpr int64_t kWeightPrefetchBytes = 2048;
+
+// Channel vectors per pass of the few-faces path: up to 8, a whole row of 64 (AVX2) or 128 (AVX-512) float
+// channels, so that a weight row's cache lines are fetched in one pass rather than split between passes.
+constexpr int kFewFacesMaxV = 8;
+
+// acc[0] += acc[1] + ... + acc[N - 1], pairwise: log2(N) dependent adds rather than N - 1. A recursion on the
+// constant N, so that every index is a constant and the partial sums stay in registers (a loop over a doubling
+// step kept them in a stack array).
+template <int N, int V, typename Vec>
+inline void tree_sum(Vec (*acc)[V]) {
+  if constexpr (N > 1) {
+    constexpr int H = N / 2;
+    for (int u = 0; u < H; ++u)
+      for (int v = 0; v < V; ++v) acc[u][v] += acc[u + N - H][v];  // (odd N: the middle one waits a round)
+    tree_sum<N - H, V>(acc);
+  }
+}
+
+template <typename T, typename TW, int V>
+inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* row, const TW* wl, const T* bl, T* dst, int mode,
+                       int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
+  constexpr int U = partial_sums_for(V);
   const int64_t K = g.K(), C = g.C_out;
-  vec acc[R][V];
-  const T* rows[R];
-  const T* wr[R];
-  for (int r = 0; r < R; ++r) {
-    rows[r] = in_n + g.in_base(l + r);
-    wr[r] = w + (l + r) * K * C + c0;
-    for (int v = 0; v < V; ++v) acc[r][v] = bias ? vload<T>(bias + (l + r) * C + c0 + v * W) : vec{};
-  }
   const int64_t* off = g.in_off;
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t o = off[k];
-    for (int r = 0; r < R; ++r) {
-      const vec x = vbcast<T>(rows[r][o]);
-      for (int v = 0; v < V; ++v) acc[r][v] += x * vload<T>(wr[r] + k * C + v * W);
+  vec acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = vec{};
+  int64_t k = 0;
+  for (; k + U <= K; k += U) {
+    {  // (addresses as integers: the target may lie past the tensor, where a pointer may not point)
+      const uintptr_t pf = reinterpret_cast<uintptr_t>(wl + k * C) + kWeightPrefetchBytes;
+      const int64_t step_bytes = U * C * int64_t(sizeof(TW));
+      for (int64_t b = 0; b < step_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(pf + b), 0, 3);
+    }
+    for (int u = 0; u < U; ++u) {
+      const vec x = vbcast<T>(row[off[k + u]]);
+      const TW* wk = wl + (k + u) * C;
+      for (int v = 0; v < V; ++v) acc[u][v] += x * wload(wk + v * W);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    if (dropped_by_pool(g, l + r, mode)) continue;
-    T* dst = out_n + out_slot(g, l + r, mode) * C + c0;
-    for (int v = 0; v < V; ++v) store_out<T>(dst + v * W, acc[r][v], mode);
+  for (; k < K; ++k) {
+    const vec x = vbcast<T>(row[off[k]]);
+    for (int v = 0; v < V; ++v) acc[0][v] += x * wload(wl + k * C + v * W);
+  }
+  tree_sum<U, V>(acc);
+  for (int v = 0; v < V; ++v) {
+    const vec sum = bl ? acc[0][v] + vload<T>(bl + v * W) : acc[0][v];
+    store_out<T>(dst + v * W, sum, mode, part);
   }
 }
 
-template <typename T, int V>
-inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const T* w, const T* bias, T* out_n,
+// Locations [l0, l1) of one face, channels [c0, c0 + V*W). The output row and column are stepped rather than
+// divided out of l (a few integer divisions per location cost as much as a small layer's arithmetic).
+template <typename T, typename TW, int V>
+inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const TW* w, const T* bias, T* out_n,
                              int64_t l0, int64_t l1, int64_t c0, int mode) {
-  constexpr int R = rows_for(V) < 8 ? rows_for(V) : 8;
-  int64_t l = l0;
-  for (; l + R <= l1; l += R) lc_fwd_locs<T, R, V>(g, in_n, l, w, bias, out_n, c0, mode);
-  for (; l < l1; ++l) lc_fwd_locs<T, 1, V>(g, in_n, l, w, bias, out_n, c0, mode);
+  const int64_t K = g.K(), C = g.C_out;
+  const bool pool = mode == kAbsTanhMaxPool;
+  const int64_t h_keep = pool ? 2 * (g.H_out / 2) : g.H_out, w_keep = pool ? 2 * (g.W_out / 2) : g.W_out;
+  int64_t i = l0 / g.W_out, j = l0 % g.W_out;
+  for (int64_t l = l0; l < l1; ++l) {
+    if (i < h_keep && j < w_keep) {  // else floor-mode pooling drops the location
+      const T* row = in_n + i * g.sH * g.in_sH + j * g.sW * g.in_sW;
+      const int64_t slot = pool ? (i / 2) * (g.W_out / 2) + j / 2 : l;
+      lc_fwd_loc<T, TW, V>(g, row, w + l * K * C + c0, bias ? bias + l * C + c0 : nullptr, out_n + slot * C + c0,
+                           mode, cell_part_at(i, j));
+    }
+    if (++j == g.W_out) {
+      j = 0;
+      ++i;
+    }
+  }
 }
 
-// Batches up to this size take the location-tiled path.
+// Batches up to this size take the one-location-at-a-time path.
 constexpr int64_t kSmallBatch = 2;
 
-template <typename T>
-void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out,
+template <typename T, typename TW>
+void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
                             int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -161,23 +242,27 @@ void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const T* w
     T* out_n = out + n * out_slots(g, mode) * C;
     for (int64_t c0 = 0; c0 < c_full;) {
       const int64_t nv = (c_full - c0) / W;
-      const int V = nv >= 4 ? 4 : int(nv);
+      const int V = nv >= kFewFacesMaxV ? kFewFacesMaxV : int(nv);
       switch (V) {
-        case 4: lc_fwd_loc_range<T, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 3: lc_fwd_loc_range<T, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 2: lc_fwd_loc_range<T, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        default: lc_fwd_loc_range<T, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 8: lc_fwd_loc_range<T, TW, 8>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 7: lc_fwd_loc_range<T, TW, 7>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 6: lc_fwd_loc_range<T, TW, 6>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 5: lc_fwd_loc_range<T, TW, 5>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 4: lc_fwd_loc_range<T, TW, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 3: lc_fwd_loc_range<T, TW, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        case 2: lc_fwd_loc_range<T, TW, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
+        default: lc_fwd_loc_range<T, TW, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
       }
       c0 += V * W;
     }
     for (int64_t l = l0; l < l1; ++l) {  // channels that do not fill a vector
       if (dropped_by_pool(g, l, mode)) continue;
       const T* row = in_n + g.in_base(l);
-      const T* wl = w + l * K * C;
+      const TW* wl = w + l * K * C;
       for (int64_t co = c_full; co < C; ++co) {
         T acc = bias ? bias[l * C + co] : T(0);
-        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
-        store_out_scalar<T>(out_n + out_slot(g, l, mode) * C + co, acc, mode);
+        for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
+        store_out_scalar<T>(out_n + out_slot(g, l, mode) * C + co, acc, mode, cell_part(g, l));
       }
     }
   }
@@ -190,18 +275,18 @@ constexpr int64_t kWeightChunkBytes = 512 * 1024;
 
 // Loop order: chunks of locations (weights stay in L2) > blocks of faces (their outputs are written as short
 // contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
-template <typename T>
-void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0,
+template <typename T, typename TW>
+void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
                 int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, N = g.N;
   if (N <= kSmallBatch) {
-    lc_forward_small_batch<T>(g, in, w, bias, out, l0, l1, mode);
+    lc_forward_small_batch<T, TW>(g, in, w, bias, out, l0, l1, mode);
     return;
   }
   const int64_t c_full = (C / W) * W;
   const int64_t out_stride = out_slots(g, mode) * C;
-  const int64_t wl_bytes = K * C * int64_t(sizeof(T));
+  const int64_t wl_bytes = K * C * int64_t(sizeof(TW));
   const int64_t chunk = wl_bytes >= kWeightChunkBytes ? 1 : kWeightChunkBytes / (wl_bytes > 0 ? wl_bytes : 1);
   const T zeros[4 * W] = {};
   for (int64_t lc0 = l0; lc0 < l1; lc0 += chunk) {
@@ -210,18 +295,19 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
       const int64_t ne = nb + kFaceBlock < N ? nb + kFaceBlock : N;
       for (int64_t l = lc0; l < lc1; ++l) {
         if (dropped_by_pool(g, l, mode)) continue;
-        const T* wl = w + l * K * C;
+        const TW* wl = w + l * K * C;
         const int64_t base = g.in_base(l);
+        const int part = cell_part(g, l);
         for (int64_t c0 = 0; c0 < c_full;) {
           const int64_t nv = (c_full - c0) / W;
           const int V = nv >= 4 ? 4 : int(nv);
           const T* bt = bias ? bias + l * C + c0 : zeros;
           T* o = out + out_slot(g, l, mode) * C + c0;
           switch (V) {
-            case 4: lc_fwd_faces<T, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            case 3: lc_fwd_faces<T, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            case 2: lc_fwd_faces<T, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
-            default: lc_fwd_faces<T, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode); break;
+            case 4: lc_fwd_faces<T, TW, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
+            case 3: lc_fwd_faces<T, TW, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
+            case 2: lc_fwd_faces<T, TW, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
+            default: lc_fwd_faces<T, TW, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
           }
           c0 += V * W;
         }
@@ -229,8 +315,8 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const T* w, const T* b
           for (int64_t n = nb; n < ne; ++n) {
             const T* row = in + n * g.in_sN + base;
             T acc = bias ? bias[l * C + co] : T(0);
-            for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wl[k * C + co];
-            store_out_scalar<T>(out + n * out_stride + out_slot(g, l, mode) * C + co, acc, mode);
+            for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
+            store_out_scalar<T>(out + n * out_stride + out_slot(g, l, mode) * C + co, acc, mode, part);
           }
         }
       }
@@ -411,6 +497,7 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T*
 
 }  // namespace
 
-const LcKernels<float> lc_kernels_f32 = {&lc_forward<float>, &lc_backward_weight<float>, &lc_backward_input<float>};
-const LcKernels<double> lc_kernels_f64 = {&lc_forward<double>, &lc_backward_weight<double>,
-                                          &lc_backward_input<double>};
+const LcKernels<float> lc_kernels_f32 = {&lc_forward<float, float>, &lc_backward_weight<float>,
+                                         &lc_backward_input<float>, &lc_forward<float, uint16_t>};
+const LcKernels<double> lc_kernels_f64 = {&lc_forward<double, double>, &lc_backward_weight<double>,
+                                          &lc_backward_input<double>, nullptr};

@@ -34,6 +34,58 @@ inline typename VT<T>::vec vbcast(T x) {
   return x - typename VT<T>::vec{};
 }
 
+// IEEE binary16 bits -> float. Exact (every half is a float), in software: the scalar 'ref' path and channel
+// tails use it. Subnormal halves are m * 2^-24 with m < 2^10, a product float holds exactly; NaNs come out quiet,
+// as F16C's vcvtph2ps makes them.
+inline float f16_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t bits;
+  if (e == 0x1f) {
+    bits = sign | 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0u);
+  } else if (e != 0) {
+    bits = sign | ((e + 112u) << 23) | (m << 13);  // rebias the exponent: 127 - 15
+  } else {
+    const float f = float(m) * 5.9604644775390625e-8f;  // 2^-24
+    __builtin_memcpy(&bits, &f, sizeof(bits));
+    bits |= sign;
+  }
+  float out;
+  __builtin_memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// One binary16 value -> float: F16C where the ISA has it (channel tails of the vector paths), else software.
+inline float f16_to_float(uint16_t h) {
+#if TCDCN_VEC_BYTES > 0
+  typedef short h8 __attribute__((vector_size(16)));
+  const h8 v = {short(h), 0, 0, 0, 0, 0, 0, 0};
+  return __builtin_ia32_vcvtph2ps(v)[0];
+#else
+  return f16_bits_to_float(h);
+#endif
+}
+
+// W float32 lanes from W consecutive binary16 values: F16C's vcvtph2ps (the ymm form for AVX2, AVX-512F's zmm
+// form), called as compiler builtins (GCC 12 does not vectorise a _Float16 -> float conversion by itself).
+inline typename VT<float>::vec vload_f16(const uint16_t* p) {
+#if TCDCN_VEC_BYTES == 64
+  typedef short h16 __attribute__((vector_size(32)));
+  h16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  // all 16 lanes (mask 0xffff), rounding mode 4 = the current one (the conversion is exact anyway)
+  return __builtin_ia32_vcvtph2ps512_mask(h, typename VT<float>::vec{}, (unsigned short)0xffff, 4);
+#elif TCDCN_VEC_BYTES == 32
+  typedef short h8 __attribute__((vector_size(16)));
+  h8 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  return __builtin_ia32_vcvtph2ps256(h);
+#elif TCDCN_VEC_BYTES == 0
+  return vbcast<float>(f16_bits_to_float(*p));
+#else
+#error "vload_f16: no float16 conversion for this TCDCN_VEC_BYTES"
+#endif
+}
+
 // Rows of faces held in registers for a tile of V vectors of output channels: accumulators R*V plus V weight
 // vectors plus a broadcast must fit the register file.
 constexpr int rows_for(int v) {

@@ -1,0 +1,174 @@
+"""TCDCN's one-op CPU inference path (TCDCN._build_plan, set_inference_weights): the same outputs as the module
+path, float16 weight storage, and a plan that follows the parameters."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from tcdcn_ext.model import TCDCN, TCDCNConfig, load_model, shipped_models
+
+
+def module_path(m: TCDCN, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The outputs by the training path (grad enabled: the per-module ops, float32 parameters)."""
+    with torch.enable_grad():
+        return {k: v.detach() for k, v in m(x).items()}
+
+
+def rounded_to_half(m: TCDCN) -> TCDCN:
+    m = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(p.half().float())
+    return m
+
+
+def assert_outputs_close(a, b, tol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape and a[k].is_contiguous(), k
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol, msg=k)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 40])
+@pytest.mark.parametrize("mode", ["auto", "float32", "float16"])
+def test_plan_equals_module_path(n, mode):
+    m = TCDCN().eval().set_inference_weights(mode)
+    x = torch.randn(n, 1, 40, 40)
+    with torch.inference_mode():
+        got = m(x)
+        features = m.features(x)
+    assert m._plan is not None and len(m._plan.weights) == 6  # four conv layers, the fc, the heads
+    want_dtype = torch.float16 if mode == "float16" else torch.float32  # Glorot weights are no float16 values
+    assert all(w.dtype == want_dtype for w in m._plan.weights)
+    ref = m if mode != "float16" else rounded_to_half(m)
+    assert_outputs_close(got, module_path(ref, x), 1e-4)
+    with torch.enable_grad():
+        torch.testing.assert_close(features, ref.features(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_float16_storage_equals_float32_on_rounded_weights(n):
+    m = rounded_to_half(TCDCN().eval())
+    x = torch.randn(n, 1, 40, 40)
+    with torch.inference_mode():
+        auto = m.set_inference_weights("auto")(x)
+        assert all(w.dtype == torch.float16 for w in m._plan.weights)  # every weight is a float16 value now
+        f32 = m.set_inference_weights("float32")(x)
+        assert all(w.dtype == torch.float32 for w in m._plan.weights)
+    assert_outputs_close(auto, f32, 1e-6)
+
+
+@pytest.mark.skipif("5pt" not in shipped_models(), reason="no shipped 5-point model")
+def test_shipped_model_takes_float16_and_keeps_its_outputs():
+    m = load_model("5pt")
+    assert m.inference_weights == "auto"
+    x = torch.randn(4, 1, 40, 40)
+    with torch.inference_mode():
+        got = m(x)
+    assert all(w.dtype == torch.float16 for w in m._plan.weights)
+    assert_outputs_close(got, module_path(m, x), 1e-5)
+
+
+def test_plan_follows_the_parameters():
+    m = TCDCN().eval()
+    x = torch.randn(2, 1, 40, 40)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    m.train()
+    sum(v.square().sum() for v in m(x).values()).backward()
+    with torch.inference_mode():
+        m.eval()
+        before = m(x)
+        opt.step()  # in place: versions change
+        after = m(x)
+    assert_outputs_close(after, module_path(m, x), 1e-4)
+    assert not torch.allclose(before["landmarks"], after["landmarks"])
+    other = TCDCN().eval()
+    m.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        assert_outputs_close(m(x), module_path(other, x), 1e-4)
+    with torch.no_grad():
+        m.conv[0].weight.data = m.conv[0].weight.data * 2  # new storage
+    with torch.inference_mode():
+        assert_outputs_close(m(x), module_path(m, x), 1e-4)
+
+
+def test_float64_and_other_architectures_keep_the_module_path():
+    m = TCDCN().eval()
+    x = torch.randn(2, 1, 40, 40)
+    with torch.inference_mode():
+        m(x)
+        assert m._plan.weights
+        m.double()  # _apply drops the plan; float64 parameters get an empty one
+        assert m._plan is None
+        y = m(x.double())
+        assert y["landmarks"].dtype == torch.float64
+        m.float()
+        assert_outputs_close(m(x), module_path(m, x), 1e-4)
+        assert m._plan.weights
+    relu = TCDCN(TCDCNConfig(activation="relu")).eval()
+    shared = TCDCN(TCDCNConfig(shared_conv=True)).eval()
+    for net in (relu, shared):
+        with torch.inference_mode():
+            got = net(x)
+        assert net._plan is not None and not net._plan.weights
+        assert_outputs_close(got, module_path(net, x), 1e-4)
+
+
+def test_errors_and_copies():
+    m = TCDCN().eval()
+    with pytest.raises(ValueError, match="must be one of"):
+        m.set_inference_weights("bfloat16")
+    with torch.no_grad():
+        m.fc.weight[0, 0] = 1e6
+    m.set_inference_weights("float16")
+    x = torch.randn(1, 1, 40, 40)
+    with pytest.raises(ValueError, match="fc has weights beyond float16's range"), torch.inference_mode():
+        m(x)
+    m.set_inference_weights("auto")  # not float16 values: float32 for that layer, fine
+    with torch.inference_mode():
+        want = m(x)
+        assert m._plan.weights[4].dtype == torch.float32
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert clone._plan is None and clone.inference_weights == "auto"
+        with torch.inference_mode():
+            assert_outputs_close(clone(x), want, 0)
+    with pytest.raises(ValueError, match="expected input"), torch.inference_mode():
+        m(torch.randn(1, 1, 39, 39))
+
+
+def test_model_built_under_inference_mode():
+    with torch.inference_mode():  # inference tensors have no version counter: the plan still builds and runs
+        m = TCDCN().eval()
+        x = torch.randn(2, 1, 40, 40)
+        got = m(x)
+        assert m._plan.weights
+    normal = TCDCN().eval()
+    normal.load_state_dict(m.state_dict())
+    assert_outputs_close({k: v.clone() for k, v in got.items()}, module_path(normal, x.clone()), 1e-4)
+
+
+def test_fused_optimizer_steps_are_seen():
+    """A fused Adam step changes the parameters without bumping their version counters; the usual loop (train mode
+    for the step, eval for prediction) must still predict with the new weights."""
+    import copy
+
+    torch.manual_seed(0)
+    m = TCDCN()
+    x = torch.randn(3, 1, 40, 40)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2, fused=True)
+    m.eval()
+    with torch.no_grad():
+        before = m(x)["landmarks"]
+    m.train()
+    m(x)["landmarks"].sum().backward()
+    opt.step()
+    m.eval()
+    with torch.no_grad():
+        after = m(x)["landmarks"]
+        fresh = copy.deepcopy(m)(x)["landmarks"]
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
