@@ -339,6 +339,21 @@ class TCDCN(nn.Module):
                 i += 1
         return h
 
+    def _forward_stacked(self, x: Tensor) -> tuple[Tensor, list[str], list[int]]:
+        """Inference (eval mode, no gradients): every head's output side by side, ``([N, D], names, sizes)``;
+        the landmarks' ``2P`` columns (``(u, v)`` pairs) first, then each task's logits. One op and no per-head
+        tensors on the CPU inference path (what the Aligner reads at batch 1)."""
+        if not (torch.is_grad_enabled() or self.training):
+            plan = self._inference_plan(x)
+            if plan is not None:
+                self._check_input(x)
+                return _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1), plan.head_names, \
+                    plan.head_sizes
+        out = self(x)
+        names = ["landmarks"] + list(self.aux_heads)
+        parts = [out["landmarks"].flatten(1)] + [out[t] for t in self.aux_heads]
+        return torch.cat(parts, dim=1), names, [p.shape[1] for p in parts]
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if not (torch.is_grad_enabled() or self.training):
             plan = self._inference_plan(x)
