@@ -264,7 +264,14 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
                          : local_features(kernels, crop, win, S, conv_weight, conv_bias, pool_after, abs_tanh);
   at::Tensor f = activate(at::addmm(fc_bias, feats.reshape({N * K, flat}), fc_weight.t()), abs_tanh);
   heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, K, D}).contiguous();
-  return {kernels.unshift_average(heads, win, S, num_points), heads};
+  double shift_u = 0, shift_v = 0;
+  for (const ShiftWindow& w : win) {
+    shift_u += double(w.dx);
+    shift_v += double(w.dy);
+  }
+  shift_u /= double(K) * double(S);
+  shift_v /= double(K) * double(S);
+  return {kernels.unshift_average(heads, shift_u, shift_v, num_points), heads};
 }
 
 }  // namespace tcdcn

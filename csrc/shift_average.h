@@ -26,9 +26,9 @@ struct ShiftAverageKernels {
   // (any strides) -> [N, C, h, w] in the map's memory format; NaN propagates as in max_pool2d.
   at::Tensor (*pool2x2)(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w);
   // heads [N, K, D] contiguous (the first 2P columns are the landmark head's (u, v) pairs in the window frame)
-  // -> landmarks [N, P, 2]: (1 / K) sum_k (u_k + dx_k / S, v_k + dy_k / S), summed in double.
-  at::Tensor (*unshift_average)(const at::Tensor& heads, const std::vector<ShiftWindow>& win, int64_t S,
-                                int64_t P);
+  // -> landmarks [N, P, 2]: (1 / K) sum_k (u_k, v_k) + (shift_u, shift_v), summed in double, where the caller
+  // passes the mean shift in window units, (mean_k dx_k / S, mean_k dy_k / S).
+  at::Tensor (*unshift_average)(const at::Tensor& heads, double shift_u, double shift_v, int64_t P);
 };
 
 std::tuple<at::Tensor, at::Tensor> shift_average_forward(

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .ops import as_shift_array
+
 __all__ = ["DEFAULT_SHIFTS_20", "DEFAULT_SHIFTS_LOCAL", "default_shifts", "make_shifts", "predict_averaged", "predict_windows_reference", "shift_crops",
            "standardise_by_centre"]
 
@@ -96,18 +98,6 @@ def default_shifts(model) -> np.ndarray:
     return DEFAULT_SHIFTS_20 if model.config.shared_conv else DEFAULT_SHIFTS_LOCAL
 
 
-def _as_shifts(shifts) -> np.ndarray:
-    s = np.asarray(shifts)
-    if s.ndim == 1 and s.size == 2:
-        s = s[None]
-    if s.ndim != 2 or s.shape[1] != 2 or len(s) == 0:
-        raise ValueError(f"shifts must be a non-empty [K, 2] array of whole-pixel (dx, dy), got shape {s.shape}")
-    if not np.issubdtype(s.dtype, np.number) or not np.all(np.isfinite(s)) or np.any(s != np.round(s)):
-        raise ValueError("shifts must be whole pixels of the network input (integers); got "
-                         f"{np.asarray(s).tolist()[:4]}")
-    return s.astype(np.int64)
-
-
 def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
     """``(crop - mean) / (std + eps)`` per face, with the statistics of the centred ``size x size`` window of
     ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.data.normalise` does for a plain input)."""
@@ -142,7 +132,7 @@ def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin:
 
 def predict_windows_reference(model, crop: Tensor, shifts) -> dict[str, Tensor]:
     """The oracle of :meth:`TCDCN.predict_shift_average`: one plain ``model.predict`` per shifted window."""
-    s, sh = model.config.input_size, _as_shifts(shifts)
+    s, sh = model.config.input_size, as_shift_array(shifts)
     m = (crop.shape[-1] - s) // 2
     outs = []
     for dx, dy in sh.tolist():
@@ -178,7 +168,7 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(images) != len(b):
         raise ValueError(f"predict_averaged: {len(images)} images but {len(b)} boxes")
-    sh = _as_shifts(default_shifts(model) if shifts is None else shifts)
+    sh = as_shift_array(default_shifts(model) if shifts is None else shifts)
     margin = int(np.abs(sh).max())
     device = next(model.parameters()).device
     uv, probs = [], {}

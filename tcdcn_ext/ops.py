@@ -280,8 +280,9 @@ def face_patches(
     return _ops.face_patches(list(images), image_index, boxes, int(size), orders[channel_order], bool(standardise))
 
 
-def _as_shift_list(shifts) -> list[int]:
-    """``[K, 2]`` integer pixel shifts (sequence, ndarray or tensor) -> the op's flat ``[dx0, dy0, dx1, ...]``."""
+def as_shift_array(shifts):
+    """``[K, 2]`` whole-pixel ``(dx, dy)`` shifts (sequence, ndarray or tensor; one pair may be flat) -> int64
+    ndarray ``[K, 2]``; ``ValueError`` naming the problem otherwise."""
     import numpy as np
 
     a = shifts.detach().cpu().numpy() if isinstance(shifts, Tensor) else np.asarray(shifts)
@@ -292,7 +293,7 @@ def _as_shift_list(shifts) -> list[int]:
     if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
         raise ValueError("shift_average: shifts must be whole pixels (integers) in the network input's grid, got "
                          f"{a.tolist()[:4]}{'...' if len(a) > 4 else ''}")
-    return [int(v) for v in a.reshape(-1)]
+    return a.astype(np.int64)
 
 
 def shift_average(
@@ -343,7 +344,7 @@ def shift_average(
     """
     _refuse_grad("shift_average", "the model's forward on each shifted window", crop, fc_weight, head_weight,
                  *conv_weight)
-    return _ops.shift_average(crop, _as_shift_list(shifts), int(window), list(conv_weight), list(conv_bias),
+    return _ops.shift_average(crop, as_shift_array(shifts).reshape(-1).tolist(), int(window), list(conv_weight), list(conv_bias),
                               [int(bool(p)) for p in pool_after], bool(shared_conv), str(activation), fc_weight,
                               fc_bias, head_weight, head_bias, int(num_points))
 

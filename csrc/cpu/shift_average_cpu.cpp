@@ -85,24 +85,17 @@ at::Tensor pool2x2_cpu(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h,
   return out;
 }
 
-at::Tensor unshift_average_cpu(const at::Tensor& heads, const std::vector<ShiftWindow>& win, int64_t S, int64_t P) {
+at::Tensor unshift_average_cpu(const at::Tensor& heads, double shift_u, double shift_v, int64_t P) {
   const int64_t N = heads.size(0), K = heads.size(1), D = heads.size(2);
   at::Tensor out = at::empty({N, P, 2}, heads.options());
   AT_DISPATCH_FLOATING_TYPES(heads.scalar_type(), "shift_average_unshift", [&] {
     const scalar_t* h = heads.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    double mean_dx = 0, mean_dy = 0;
-    for (const ShiftWindow& w : win) {
-      mean_dx += double(w.dx);
-      mean_dy += double(w.dy);
-    }
-    mean_dx /= double(K) * double(S);
-    mean_dy /= double(K) * double(S);
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t j = 0; j < 2 * P; ++j) {
         double acc = 0;
         for (int64_t k = 0; k < K; ++k) acc += double(h[(n * K + k) * D + j]);
-        o[n * 2 * P + j] = scalar_t(acc / double(K) + ((j & 1) ? mean_dy : mean_dx));
+        o[n * 2 * P + j] = scalar_t(acc / double(K) + ((j & 1) ? shift_v : shift_u));
       }
     }
   });

@@ -109,39 +109,31 @@ at::Tensor pool2x2_cuda(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h
   return out;
 }
 
-// out[n, j] = mean_k heads[n, k, j] + (mean shift of j's axis) / S, summed in double; j < 2P.
+// out[n, j] = mean_k heads[n, k, j] + the mean shift of j's axis (window units), summed in double; j < 2P.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) unshift_average_kernel(const T* __restrict__ heads, T* __restrict__ out,
                                                                    int64_t N, int64_t K, int64_t D, int64_t P,
-                                                                   double mean_dx, double mean_dy) {
+                                                                   double shift_u, double shift_v) {
   const int64_t total = N * 2 * P;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
     const int64_t j = i % (2 * P), n = i / (2 * P);
     double acc = 0;
     for (int64_t k = 0; k < K; ++k) acc += double(heads[(n * K + k) * D + j]);
-    out[i] = T(acc / double(K) + ((j & 1) ? mean_dy : mean_dx));
+    out[i] = T(acc / double(K) + ((j & 1) ? shift_v : shift_u));
   }
 }
 
-at::Tensor unshift_average_cuda(const at::Tensor& heads, const std::vector<ShiftWindow>& win, int64_t S,
-                                int64_t P) {
+at::Tensor unshift_average_cuda(const at::Tensor& heads, double shift_u, double shift_v, int64_t P) {
   const c10::cuda::CUDAGuard guard(heads.device());
   const int64_t N = heads.size(0), K = heads.size(1), D = heads.size(2);
   at::Tensor out = at::empty({N, P, 2}, heads.options());
-  double mean_dx = 0, mean_dy = 0;
-  for (const ShiftWindow& w : win) {
-    mean_dx += double(w.dx);
-    mean_dy += double(w.dy);
-  }
-  mean_dx /= double(K) * double(S);
-  mean_dy /= double(K) * double(S);
   const int64_t total = N * 2 * P;
   if (total == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(heads.scalar_type(), "shift_average_unshift_cuda", [&] {
     unshift_average_kernel<scalar_t><<<cuda::elementwise_blocks(total, kThreads), kThreads, 0, stream>>>(
-        heads.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, K, D, P, mean_dx, mean_dy);
+        heads.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, K, D, P, shift_u, shift_v);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
