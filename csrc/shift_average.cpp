@@ -41,12 +41,16 @@ const c10::TypedOperatorHandle<LcFn>& lc_op(const char* name) {
   return it->second;
 }
 
-void check_tensor(const at::Tensor& t, const at::Tensor& crop, const std::string& name) {
+// half_ok: a float16 weight with a float32 crop is accepted (locally connected layers on the CPU, whose kernels
+// widen float16 weights in registers).
+void check_tensor(const at::Tensor& t, const at::Tensor& crop, const std::string& name, bool half_ok = false) {
   TORCH_CHECK(t.defined(), kOp, ": ", name, " is undefined");
   TORCH_CHECK(t.device() == crop.device(), kOp, ": ", name, " is on ", t.device(), " but crop is on ",
               crop.device(), "; move the model and the crop to the same device");
-  TORCH_CHECK(t.scalar_type() == crop.scalar_type(), kOp, ": ", name, " is ", t.scalar_type(), " but crop is ",
-              crop.scalar_type(), "; use one dtype for the model and the crop");
+  const bool half = half_ok && t.scalar_type() == at::kHalf && crop.scalar_type() == at::kFloat;
+  TORCH_CHECK(half || t.scalar_type() == crop.scalar_type(), kOp, ": ", name, " is ", t.scalar_type(),
+              " but crop is ", crop.scalar_type(), "; use one dtype for the model and the crop",
+              half_ok ? " (or float16 locally connected weights with a float32 crop on the CPU)" : "");
 }
 
 at::Tensor activate(const at::Tensor& x, bool abs_tanh) { return abs_tanh ? at::tanh(x).abs_() : at::relu(x); }
@@ -206,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
   int64_t side = S, channels = 1;
   for (size_t l = 0; l < L; ++l) {
     const std::string w = "conv_weight[" + std::to_string(l) + "]", b = "conv_bias[" + std::to_string(l) + "]";
-    check_tensor(conv_weight[l], crop, w);
+    check_tensor(conv_weight[l], crop, w, /*half_ok=*/!shared_conv && crop.device().is_cpu());
     check_tensor(conv_bias[l], crop, b);
     const at::Tensor& cw = conv_weight[l];
     int64_t k = 0, c_out = 0;
@@ -258,12 +262,28 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
   at::Tensor heads = at::empty({N, K, D}, crop.options());
   if (N == 0) return {at::empty({0, num_points, 2}, crop.options()), heads};
 
-  // -- the network -------------------------------------------------------------------------------------------
+  // -- the network, once per distinct shift (a repeated shift weighs more in the mean, its window is the same) --
+  std::vector<ShiftWindow> uniq;
+  std::vector<int64_t> slot(K);
+  {
+    std::map<std::pair<int64_t, int64_t>, int64_t> seen;
+    for (int64_t k = 0; k < K; ++k) {
+      auto it = seen.emplace(std::make_pair(win[k].dx, win[k].dy), int64_t(uniq.size())).first;
+      if (it->second == int64_t(uniq.size())) uniq.push_back(win[k]);
+      slot[k] = it->second;
+    }
+  }
+  const int64_t U = int64_t(uniq.size());
   at::Tensor feats = shared_conv
-                         ? shared_features(kernels, crop, win, S, conv_weight, conv_bias, pool_after, abs_tanh)
-                         : local_features(kernels, crop, win, S, conv_weight, conv_bias, pool_after, abs_tanh);
-  at::Tensor f = activate(at::addmm(fc_bias, feats.reshape({N * K, flat}), fc_weight.t()), abs_tanh);
-  heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, K, D}).contiguous();
+                         ? shared_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh)
+                         : local_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh);
+  at::Tensor f = activate(at::addmm(fc_bias, feats.reshape({N * U, flat}), fc_weight.t()), abs_tanh);
+  heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, U, D});
+  if (U < K) {
+    const at::Tensor index = at::tensor(slot, at::TensorOptions().dtype(at::kLong)).to(crop.device());
+    heads = heads.index_select(1, index);
+  }
+  heads = heads.contiguous();
   double shift_u = 0, shift_v = 0;
   for (const ShiftWindow& w : win) {
     shift_u += double(w.dx);

@@ -454,8 +454,13 @@ class TCDCN(nn.Module):
         tasks = list(self.aux_heads)
         head_w = torch.cat([self.landmark_head.weight] + [self.aux_heads[t].weight for t in tasks])
         head_b = torch.cat([self.landmark_head.bias] + [self.aux_heads[t].bias for t in tasks])
+        weights, biases = [m.weight for m in layers], [m.bias for m in layers]
+        if not (self.config.shared_conv or self.training):
+            plan = self._inference_plan(crop)  # its (float16 where exact) copies of the locally connected weights
+            if plan is not None:
+                weights, biases = plan.weights[:len(layers)], plan.biases[:len(layers)]
         lm, heads = ops.shift_average(
-            crop, shifts, self.config.input_size, [m.weight for m in layers], [m.bias for m in layers],
+            crop, shifts, self.config.input_size, weights, biases,
             self.config.pool_after, self.config.shared_conv, self.config.activation, self.fc.weight, self.fc.bias,
             head_w, head_b, self.num_points)
         out = {"landmarks": self.to_given_frame(lm)}
