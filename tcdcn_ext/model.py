@@ -448,9 +448,8 @@ class TCDCN(nn.Module):
             the mean over shifts of the softmax probabilities.
         """
         layers = [m for m in self.conv if isinstance(m, (nn.Conv2d, LocallyConnected2d))]
-        for m in layers:
-            if tuple(m.stride) != (1, 1) or tuple(m.padding) != (0, 0):
-                raise ValueError("predict_shift_average: conv layers must have stride 1 and no padding")
+        if any(tuple(m.stride) != (1, 1) or tuple(m.padding) != (0, 0) for m in layers):
+            raise ValueError("predict_shift_average: conv layers must have stride 1 and no padding")
         tasks = list(self.aux_heads)
         head_w = torch.cat([self.landmark_head.weight] + [self.aux_heads[t].weight for t in tasks])
         head_b = torch.cat([self.landmark_head.bias] + [self.aux_heads[t].bias for t in tasks])
@@ -464,11 +463,11 @@ class TCDCN(nn.Module):
             self.config.pool_after, self.config.shared_conv, self.config.activation, self.fc.weight, self.fc.bias,
             head_w, head_b, self.num_points)
         out = {"landmarks": self.to_given_frame(lm)}
-        c = 2 * self.num_points
-        for t in tasks:
-            n = self.config.aux_tasks[t]
-            out[t] = F.softmax(heads[:, :, c:c + n], dim=2).mean(dim=1)
-            c += n
+        if tasks:  # softmax per task, then one mean over the shifts for all of them
+            sizes = [self.config.aux_tasks[t] for t in tasks]
+            parts = heads[:, :, 2 * self.num_points:].split(sizes, dim=2)
+            probs = torch.cat([p.softmax(dim=2) for p in parts], dim=2).mean(dim=1)
+            out.update(zip(tasks, probs.split(sizes, dim=1)))
         return out
 
     def _average_with_mirror(self, o: dict[str, Tensor], xb: Tensor) -> dict[str, Tensor]:

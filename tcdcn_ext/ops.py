@@ -285,6 +285,9 @@ def as_shift_array(shifts):
     ndarray ``[K, 2]``; ``ValueError`` naming the problem otherwise."""
     import numpy as np
 
+    if isinstance(shifts, np.ndarray) and shifts.dtype == np.int64 and shifts.ndim == 2 and shifts.shape[1] == 2 \
+            and len(shifts):
+        return shifts  # already whole pixels (the validated defaults): nothing to check
     a = shifts.detach().cpu().numpy() if isinstance(shifts, Tensor) else np.asarray(shifts)
     if a.ndim == 1 and a.size == 2:
         a = a[None]
