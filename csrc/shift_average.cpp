@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 #include <utility>
 
 namespace tcdcn {
@@ -29,16 +28,8 @@ constexpr const char* kOp = "shift_average";
 using LcFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
                         at::IntArrayRef);
 
-const c10::TypedOperatorHandle<LcFn>& lc_op(const char* name) {
-  // One handle per op name (three names at most), looked up once.
-  static std::map<std::string, c10::TypedOperatorHandle<LcFn>> cache;
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(name);
-  if (it == cache.end()) {
-    it = cache.emplace(name, c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<LcFn>()).first;
-  }
-  return it->second;
+c10::TypedOperatorHandle<LcFn> lc_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<LcFn>();
 }
 
 // half_ok: a float16 weight with a float32 crop is accepted (locally connected layers on the CPU, whose kernels
@@ -53,7 +44,13 @@ void check_tensor(const at::Tensor& t, const at::Tensor& crop, const std::string
               half_ok ? " (or float16 locally connected weights with a float32 crop on the CPU)" : "");
 }
 
-at::Tensor activate(const at::Tensor& x, bool abs_tanh) { return abs_tanh ? at::tanh(x).abs_() : at::relu(x); }
+// |tanh| is tcdcn_ext's own abs_tanh op (the one the model's AbsTanh layers call).
+at::Tensor activate(const at::Tensor& x, bool abs_tanh) {
+  if (!abs_tanh) return at::relu(x);
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("tcdcn_ext::abs_tanh", "").typed<at::Tensor(const at::Tensor&)>();
+  return op.call(x);
+}
 
 // A map that several windows read, and where each window starts in it.
 struct Group {
@@ -61,13 +58,16 @@ struct Group {
   std::vector<int64_t> k, oy, ox;  // window index and its top-left corner in `map`
 };
 
-// The bounding region of a group's windows of side `side`, cut out of its map.
-at::Tensor region(const Group& g, int64_t side, int64_t& y0, int64_t& x0) {
-  y0 = *std::min_element(g.oy.begin(), g.oy.end());
-  x0 = *std::min_element(g.ox.begin(), g.ox.end());
-  const int64_t y1 = *std::max_element(g.oy.begin(), g.oy.end()) + side;
-  const int64_t x1 = *std::max_element(g.ox.begin(), g.ox.end()) + side;
-  return g.map.slice(2, y0, y1).slice(3, x0, x1);
+// The bounding box of a group's windows of side `side`: top-left corner (y0, x0) in the group's map, h x w.
+struct Bounds {
+  int64_t y0, x0, h, w;
+};
+
+Bounds bounds(const Group& g, int64_t side) {
+  const int64_t y0 = *std::min_element(g.oy.begin(), g.oy.end());
+  const int64_t x0 = *std::min_element(g.ox.begin(), g.ox.end());
+  return {y0, x0, *std::max_element(g.oy.begin(), g.oy.end()) + side - y0,
+          *std::max_element(g.ox.begin(), g.ox.end()) + side - x0};
 }
 
 // Shared-convolution features of every window: [N, K, C * s * s] in the (c, y, x) order of flatten(1).
@@ -91,13 +91,13 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
     std::vector<at::Tensor> regions(groups.size());
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       Group& g = groups[gi];
-      int64_t y0, x0;
-      regions[gi] = region(g, side, y0, x0);
+      const Bounds b = bounds(g, side);
+      regions[gi] = g.map.slice(2, b.y0, b.y0 + b.h).slice(3, b.x0, b.x0 + b.w);
       for (size_t i = 0; i < g.k.size(); ++i) {
-        g.oy[i] -= y0;
-        g.ox[i] -= x0;
+        g.oy[i] -= b.y0;
+        g.ox[i] -= b.x0;
       }
-      by_size[{regions[gi].size(2), regions[gi].size(3)}].push_back(gi);
+      by_size[{b.h, b.w}].push_back(gi);
     }
     for (const auto& kv : by_size) {
       const std::vector<size_t>& members = kv.second;
@@ -121,14 +121,12 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
       }
       for (auto& kv : phases) {
         Group& p = kv.second;
-        p.map = g.map;
-        int64_t y0, x0;
         // Only whole 2x2 cells of each window: its floor-mode pooled side is side / 2.
-        const at::Tensor r = region(p, 2 * (side / 2), y0, x0);
-        p.map = kernels.pool2x2(g.map, y0, x0, r.size(2) / 2, r.size(3) / 2);
+        const Bounds b = bounds(p, 2 * (side / 2));
+        p.map = kernels.pool2x2(g.map, b.y0, b.x0, b.h / 2, b.w / 2);
         for (size_t i = 0; i < p.k.size(); ++i) {
-          p.oy[i] = (p.oy[i] - y0) / 2;
-          p.ox[i] = (p.ox[i] - x0) / 2;
+          p.oy[i] = (p.oy[i] - b.y0) / 2;
+          p.ox[i] = (p.ox[i] - b.x0) / 2;
         }
         next.push_back(std::move(p));
       }
