@@ -577,10 +577,11 @@ class Aligner:
         self.points = points
         self.averaged = bool(averaged)
         sh = np.asarray(default_shifts(self.model) if shifts is None else shifts)
-        if sh.size == 0 or sh.size % 2 or not np.issubdtype(sh.dtype, np.number) or not np.all(np.isfinite(sh)) \
-                or np.any(sh != np.round(sh)):
-            raise ValueError("shifts must be a non-empty [K, 2] array of whole-pixel (dx, dy) window shifts")
-        self.shifts = sh.reshape(-1, 2).astype(np.int64)
+        try:  # a flat [dx0, dy0, dx1, dy1, ...] is read as pairs
+            self.shifts = ops.as_shift_array(sh.reshape(-1, 2) if sh.ndim == 1 and sh.size % 2 == 0 else sh)
+        except ValueError as exc:
+            raise ValueError(f"shifts must be a non-empty [K, 2] array of whole-pixel (dx, dy) window shifts ({exc})"
+                             ) from exc
         self.min_score = float(min_score)
         if int(refine) < 0:
             raise ValueError(f"refine must be >= 0, got {refine!r}")
@@ -679,8 +680,7 @@ class Aligner:
         given = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
         seen = given
         if grow != 1.0:
-            c, half = (given[:, :2] + given[:, 2:]) / 2, (given[:, 2:] - given[:, :2]) / 2 * grow
-            seen = np.concatenate([c - half, c + half], axis=1)
+            seen = data.scale_boxes(given, grow)
             pairs = [(pix, seen[i]) for i, (pix, _) in enumerate(pairs)]
         per = self.batch_size
         chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
@@ -745,21 +745,19 @@ class Aligner:
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""
         with torch.inference_mode():
-            y, names, head_sizes = self.model._forward_stacked(x.to(self.device))  # [N, D]: one device transfer
-            y = y.float().cpu().numpy()
-        columns, c = {}, 0
-        for name, n in zip(names, head_sizes):
-            columns[name], c = c, c + n
+            y = self.model._forward_stacked(x.to(self.device)).float().cpu().numpy()  # [N, D]: one transfer
+        # Columns: the landmarks' 2P values, then each task's logits in attribute_tasks (= aux_tasks) order.
         p2 = 2 * self.model.num_points
-        uv = y[:, columns["landmarks"]:columns["landmarks"] + p2].reshape(len(y), -1, 2)
+        uv = y[:, :p2].reshape(len(y), -1, 2)
         if not self.attribute_tasks:
             return uv, {}
         sizes = [self.model.config.aux_tasks[t] for t in self.attribute_tasks]
         if len(y) <= 4:  # a few faces: plain Python floats beat a dozen numpy calls on cold caches (~40 us)
             rows = y.tolist()
             probs = {}
+            c = p2
             for t, n in zip(self.attribute_tasks, sizes):
-                c, block = columns[t], []
+                block = []
                 for r in rows:
                     z = r[c:c + n]
                     top = max(z)
@@ -767,13 +765,9 @@ class Aligner:
                     total = sum(e)
                     block.append([v / total for v in e])
                 probs[t] = np.array(block, np.float32)
+                c += n
             return uv, probs
-        c0 = columns[self.attribute_tasks[0]]
-        if [columns[t] - c0 for t in self.attribute_tasks] == np.cumsum([0] + sizes[:-1]).tolist():
-            logits = y[:, c0:c0 + sum(sizes)].astype(np.float64)
-        else:  # the tasks' columns are not in the attribute order: gather them
-            logits = np.concatenate([y[:, columns[t]:columns[t] + n] for t, n in zip(self.attribute_tasks, sizes)],
-                                    axis=1).astype(np.float64)
+        logits = y[:, p2:p2 + sum(sizes)].astype(np.float64)
         # Softmax per task, in numpy (one device transfer, no small torch ops), every task at once: each numpy call
         # costs ~10 us right after a forward pass has evicted the caches, so per-task calls added up.
         starts = np.cumsum([0] + sizes[:-1])

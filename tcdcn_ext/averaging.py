@@ -119,15 +119,12 @@ def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin:
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     s = model.config.input_size
-    b = np.asarray(model.input_boxes(boxes), np.float64).reshape(-1, 4)
+    b = model.input_boxes(boxes)
     if len(images) != len(b):
         raise ValueError(f"shift_crops: {len(images)} images but {len(b)} boxes")
-    grow = (s + 2 * margin) / s
-    c, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) / 2 * grow
-    big = np.concatenate([c - half, c + half], axis=1)
-    mats = data._box_matrices(big, s + 2 * margin)
-    raw = np.stack([data._warp_grey(img, mats[i], s + 2 * margin) for i, img in enumerate(images)])
-    return standardise_by_centre(torch.from_numpy(np.ascontiguousarray(raw[:, None], np.float32)), s)
+    big = data.scale_boxes(b, (s + 2 * margin) / s)
+    raw = data.make_inputs(images, big, s + 2 * margin, standardise=False)
+    return standardise_by_centre(torch.from_numpy(raw), s)
 
 
 def predict_windows_reference(model, crop: Tensor, shifts) -> dict[str, Tensor]:

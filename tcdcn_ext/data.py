@@ -58,6 +58,7 @@ __all__ = [
     "box_to_input_matrix",
     "to_box_frame",
     "from_box_frame",
+    "scale_boxes",
     "grey",
     "normalise",
     "make_inputs",
@@ -800,6 +801,13 @@ def to_box_frame(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return ((p - origin) / size).astype(np.float32)
 
 
+def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """Boxes ``[N, 4]`` ``(x0, y0, x1, y1)`` scaled by ``factor`` about their centres, float64 ``[N, 4]``."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    c, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]) / 2 * factor
+    return np.concatenate([c - half, c + half], axis=1)
+
+
 def from_box_frame(uv: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Box-normalised ``(u, v)`` -> image points (inverse of :func:`to_box_frame`); shapes as there, float32."""
     q = np.asarray(uv, np.float64)
@@ -842,13 +850,15 @@ def _warp_grey(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def make_inputs(images: Sequence[np.ndarray], boxes: np.ndarray, size: int = 40) -> np.ndarray:
+def make_inputs(images: Sequence[np.ndarray], boxes: np.ndarray, size: int = 40, standardise: bool = True
+                ) -> np.ndarray:
     """Model inputs: each face's box resampled to ``size x size`` grey, standardised per image.
 
     Args:
         images: ``N`` uint8 RGB ``[H, W, 3]`` (or grey ``[H, W]``) arrays.
         boxes: ``[N, 4]`` boxes in each image's pixel coordinates.
         size: input side ``S``.
+        standardise: apply :func:`normalise` (False: the resampled grey values as they are).
 
     Returns:
         float32 ``[N, 1, S, S]``. Bilinear sampling (``INTER_LINEAR``), zero (black) outside the image, then
@@ -860,7 +870,7 @@ def make_inputs(images: Sequence[np.ndarray], boxes: np.ndarray, size: int = 40)
     out = np.empty((len(images), 1, size, size), np.float32)
     for i, img in enumerate(images):
         out[i, 0] = _warp_grey(img, mats[i], size)
-    return normalise(out)
+    return normalise(out) if standardise else out
 
 
 # ----------------------------------------------------------------------------------------------------------------

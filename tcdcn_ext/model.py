@@ -339,20 +339,17 @@ class TCDCN(nn.Module):
                 i += 1
         return h
 
-    def _forward_stacked(self, x: Tensor) -> tuple[Tensor, list[str], list[int]]:
-        """Inference (eval mode, no gradients): every head's output side by side, ``([N, D], names, sizes)``;
-        the landmarks' ``2P`` columns (``(u, v)`` pairs) first, then each task's logits. One op and no per-head
-        tensors on the CPU inference path (what the Aligner reads at batch 1)."""
+    def _forward_stacked(self, x: Tensor) -> Tensor:
+        """Inference (eval mode, no gradients): every head's output side by side, ``[N, D]``: the landmarks' ``2P``
+        columns (``(u, v)`` pairs) first, then each auxiliary task's logits in ``config.aux_tasks`` order. One op and
+        no per-head tensors on the CPU inference path (what the Aligner reads at batch 1)."""
         if not (torch.is_grad_enabled() or self.training):
             plan = self._inference_plan(x)
             if plan is not None:
                 self._check_input(x)
-                return _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1), plan.head_names, \
-                    plan.head_sizes
+                return _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1)
         out = self(x)
-        names = ["landmarks"] + list(self.aux_heads)
-        parts = [out["landmarks"].flatten(1)] + [out[t] for t in self.aux_heads]
-        return torch.cat(parts, dim=1), names, [p.shape[1] for p in parts]
+        return torch.cat([out["landmarks"].flatten(1)] + [out[t] for t in self.aux_heads], dim=1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if not (torch.is_grad_enabled() or self.training):
@@ -393,13 +390,11 @@ class TCDCN(nn.Module):
     def input_boxes(self, boxes: np.ndarray | Sequence) -> np.ndarray:
         """The boxes the network actually sees for the given face boxes ``[N, 4]``: each enlarged by
         ``config.box_scale`` about its centre (the identity, as float32, when ``box_scale == 1``)."""
+        from .data import scale_boxes
+
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         s = self.config.box_scale
-        if s == 1.0:
-            return b
-        b64 = b.astype(np.float64)
-        c, half = (b64[:, :2] + b64[:, 2:]) / 2, (b64[:, 2:] - b64[:, :2]) / 2 * s
-        return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+        return b if s == 1.0 else scale_boxes(b, s).astype(np.float32)
 
     def to_given_frame(self, uv: Tensor) -> Tensor:
         """Network output (frame of the enlarged box, :meth:`input_boxes`) -> frame of the given box:
