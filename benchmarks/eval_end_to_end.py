@@ -69,7 +69,8 @@ def _summary(err: np.ndarray, n_total: int) -> dict[str, float]:
 def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     from tcdcn_ext.model import load_model
 
-    points = load_model(model).num_points
+    net = load_model(model)  # loaded once; every Aligner below takes its own copy
+    points = net.num_points
     split, norm = ("mtfl/test", "inter_ocular") if points == 5 else ("300w/test_common", "outer_corners")
     calibration = CALIBRATION_5PT if points == 5 else CALIBRATION_68PT
     fs = data.load_staged(data_root() / split, limit=limit)
@@ -83,8 +84,8 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     images = [fs.images[i] for i in idx]
     gt = fs.landmarks[idx]
     rows: dict[str, dict] = {}
-    plain = Aligner(points=points, model=model, detector="none")
-    averaged = Aligner(points=points, model=model, detector="none", averaged=True)
+    plain = Aligner(points=points, model=net, detector="none")
+    averaged = Aligner(points=points, model=net, detector="none", averaged=True)
 
     def run(name: str, aligner: Aligner, boxes: np.ndarray, imgs: list, truth: np.ndarray, total: int) -> None:
         t = time.perf_counter()
@@ -114,7 +115,7 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
                      "uncalibrated" in k}
     for name, kw in pipelines.items():
         t = time.perf_counter()
-        aligner = Aligner(points=points, model=model, detector="yuface", **kw)
+        aligner = Aligner(points=points, model=net, detector="yuface", **kw)
         results = aligner.align_batch(fs.images)
         pred, keep = [], []
         for i, faces in enumerate(results):
