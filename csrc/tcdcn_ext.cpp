@@ -13,6 +13,7 @@
 #endif
 
 #include "cpu/isa.h"
+#include "cpu/lc_stack_plan.h"
 #include "cpu/peak_flops.h"
 
 TORCH_LIBRARY(tcdcn_ext, m) {
@@ -85,6 +86,59 @@ class TensorWatch {
   std::vector<std::pair<int64_t, const void*>> stamp_;
 };
 
+// TCDCN's CPU inference path (model.py) as one object: an LcStackPlan of the whole network (the last layer the
+// stacked heads, a 1 x 1 map), the heads' column counts, and a TensorWatch on the parameters the plan's weights were
+// made from. stacked(x) / heads(x) return None where the plan does not serve x (dtype, device, shape) or the
+// parameters changed since (the caller then rebuilds it or takes the module path, which names what is wrong); the
+// kernels run with the GIL released.
+class StackEngine {
+ public:
+  StackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
+              const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
+              std::vector<at::Tensor> sources)
+      : plan_(weight, bias, epilogue, example, "StackEngine"), split_(std::move(split)), watch_(std::move(sources)) {
+    int64_t total = 0;
+    for (int64_t n : split_) {
+      TORCH_CHECK(n >= 0, "StackEngine: split sizes must be >= 0, got ", n);
+      total += n;
+    }
+    TORCH_CHECK(total == plan_.out_channels(), "StackEngine: split sizes add up to ", total, " but the last layer has ",
+                plan_.out_channels(), " output channels");
+    TORCH_CHECK(plan_.out_height() == 1 && plan_.out_width() == 1, "StackEngine: the last layer must give a 1 x 1 ",
+                "map, got ", plan_.out_height(), " x ", plan_.out_width());
+  }
+
+  py::object stacked(const at::Tensor& x) const {
+    if (!usable(x)) return py::none();
+    return py::cast(run(x));
+  }
+
+  py::object heads(const at::Tensor& x) const {
+    if (!usable(x)) return py::none();
+    const at::Tensor y = run(x);
+    std::vector<at::Tensor> parts = y.split_with_sizes(split_, 1);
+    if (y.size(0) > 1)  // column blocks of y: contiguous like per-head products (one row already is)
+      for (at::Tensor& p : parts) p = p.contiguous();
+    return py::cast(parts);
+  }
+
+ private:
+  bool usable(const at::Tensor& x) const { return plan_.serves(x) && !watch_.changed(); }
+  // [N, D]: the last layer's [N, D, 1, 1] output.
+  at::Tensor run(const at::Tensor& x) const {
+    at::Tensor y;
+    {
+      py::gil_scoped_release nogil;
+      y = plan_.run(x);
+    }
+    return y.view({y.size(0), y.size(1)});
+  }
+
+  tcdcn::cpu::LcStackPlan plan_;
+  std::vector<int64_t> split_;
+  TensorWatch watch_;
+};
+
 // Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages (Linux;
 // elsewhere, or if that allocation fails, an ordinary one).
 at::Tensor empty_huge_pages(int64_t nbytes) {
@@ -122,6 +176,14 @@ PYBIND11_MODULE(_C, m) {
                           "Remembers tensors; changed() tells whether one was modified in place or re-stored since.")
       .def(py::init<std::vector<at::Tensor>>())
       .def("changed", &TensorWatch::changed);
+  py::class_<StackEngine>(m, "StackEngine",
+                          "A checked stack of locally connected layers run in one call: TCDCN's CPU inference path.")
+      .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
+                    const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>>(),
+           py::arg("weight"), py::arg("bias"), py::arg("epilogue"), py::arg("example"), py::arg("split"),
+           py::arg("sources"))
+      .def("stacked", &StackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
+      .def("heads", &StackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).");
   m.def("empty_huge_pages", &empty_huge_pages,
         "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
   m.attr("torch_version") = TORCH_VERSION;

@@ -254,7 +254,7 @@ class TCDCN(nn.Module):
         layers = list(self.conv)
         heads = [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
         sources = [t for m in [*layers, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
-        plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [])
+        plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [], None)
         if (not isinstance(self.act, AbsTanh) or any(t.dtype != torch.float32 or t.device.type != "cpu"
                                                      for t in sources)):
             return plan
@@ -291,8 +291,11 @@ class TCDCN(nn.Module):
             if b is not None:
                 biases[i] = next(copies).permute(2, 0, 1)
             weights[i] = next(copies)
+        head_sizes = [h.out_features for _, h in heads]
+        example = torch.empty(0, 1, self.config.input_size, self.config.input_size)
+        engine = _C.StackEngine(weights, biases, epilogues, example, head_sizes, sources)
         return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
-                              [name for name, _ in heads], [h.out_features for _, h in heads])
+                              [name for name, _ in heads], head_sizes, engine)
 
     def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
         """Initialise the landmark head's offset to a mean shape ``[P, 2]`` in the box frame."""
@@ -339,27 +342,41 @@ class TCDCN(nn.Module):
                 i += 1
         return h
 
+    def _planned(self, x: Tensor, heads: bool) -> "tuple[_InferencePlan, Any] | None":
+        """The CPU inference path's output for x (the caller has checked eval mode and no gradients): the plan and
+        its engine's ``heads(x)`` (per-head blocks) or ``stacked(x)`` (``[N, D]``); None where the path does not
+        serve x. The engine itself answers None when x is not a float32 CPU ``[N, 1, S, S]`` or a parameter
+        changed since the plan was made; the plan is then rebuilt once (or x left to the module path, which
+        names what is wrong with it)."""
+        plan = self._plan
+        for _ in range(2):
+            if plan is not None and plan.engine is not None:
+                y = plan.engine.heads(x) if heads else plan.engine.stacked(x)
+                if y is not None:
+                    return plan, y
+            if plan is not None and (not plan.weights or not plan.sources.changed()):
+                return None  # an empty plan (architecture not covered), or x is not served
+            plan = self._inference_plan(x)
+            if plan is None:
+                return None
+        return None
+
     def _forward_stacked(self, x: Tensor) -> Tensor:
         """Inference (eval mode, no gradients): every head's output side by side, ``[N, D]``: the landmarks' ``2P``
-        columns (``(u, v)`` pairs) first, then each auxiliary task's logits in ``config.aux_tasks`` order. One op and
-        no per-head tensors on the CPU inference path (what the Aligner reads at batch 1)."""
+        columns (``(u, v)`` pairs) first, then each auxiliary task's logits in ``config.aux_tasks`` order. One call
+        and no per-head tensors on the CPU inference path (what the Aligner reads at batch 1)."""
         if not (torch.is_grad_enabled() or self.training):
-            plan = self._inference_plan(x)
-            if plan is not None:
-                self._check_input(x)
-                return _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1)
+            got = self._planned(x, heads=False)
+            if got is not None:
+                return got[1]
         out = self(x)
         return torch.cat([out["landmarks"].flatten(1)] + [out[t] for t in self.aux_heads], dim=1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if not (torch.is_grad_enabled() or self.training):
-            plan = self._inference_plan(x)
-            if plan is not None:
-                self._check_input(x)
-                y = _LC_STACK(x, plan.weights, plan.biases, plan.epilogues).flatten(1)  # [N, D]
-                parts = y.split_with_sizes(plan.head_sizes, 1)
-                if len(y) > 1:  # column blocks of y; contiguous like the per-head products (one row already is)
-                    parts = [p.contiguous() for p in parts]
+            got = self._planned(x, heads=True)
+            if got is not None:
+                plan, parts = got
                 out = dict(zip(plan.head_names, parts))
                 out["landmarks"] = out["landmarks"].view(-1, self.config.num_points, 2)
                 return out
@@ -557,6 +574,7 @@ class _InferencePlan:
     features_end: int  # the layers [0, features_end) give the shared feature; the last one is the heads
     head_names: list[str]  # the output columns of the heads layer, in blocks of head_sizes
     head_sizes: list[int]
+    engine: "_C.StackEngine | None"  # all of the above, checked once, in one native call (None: empty plan)
 
 
 def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:

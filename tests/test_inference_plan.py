@@ -172,3 +172,41 @@ def test_fused_optimizer_steps_are_seen():
         fresh = copy.deepcopy(m)(x)["landmarks"]
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+
+
+def test_stack_engine_serves_or_answers_none():
+    """The native engine behind the path: the op's result for what it serves; None (the caller then rebuilds or
+    takes the module path) for another dtype, device or shape, and once a source parameter changed in place."""
+    from tcdcn_ext import _C
+    from tcdcn_ext.model import _LC_STACK
+
+    m = TCDCN().eval()
+    x = torch.randn(3, 1, 40, 40)
+    with torch.inference_mode():
+        m(x)
+        p = m._plan
+        want = _LC_STACK(x, p.weights, p.biases, p.epilogues).flatten(1)
+        e = p.engine
+        for xi in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3),
+                   torch.randn(3, 1, 40, 80)[..., ::2]):
+            want_i = _LC_STACK(xi, p.weights, p.biases, p.epilogues).flatten(1)
+            assert torch.equal(e.stacked(xi), want_i)
+        parts = e.heads(x)
+        assert [t.shape[1] for t in parts] == p.head_sizes and all(t.is_contiguous() for t in parts)
+        assert torch.equal(torch.cat(parts, 1), want)
+        assert e.stacked(x[:0]).shape == (0, sum(p.head_sizes))
+        for bad in (x.double(), x[:, :, 1:], x[0], torch.randn(3, 2, 40, 40)):
+            assert e.stacked(bad) is None and e.heads(bad) is None
+    with torch.no_grad():
+        m.conv[0].weight.add_(1)
+    with torch.inference_mode():
+        assert e.stacked(x) is None
+        assert_outputs_close(m(x), module_path(m, x), 1e-4)  # the model rebuilt its plan
+        assert m._plan.engine is not e
+    with pytest.raises(RuntimeError, match="split sizes add up to 20 but the last layer has 21"):
+        _C.StackEngine(p.weights, p.biases, p.epilogues, x, [10, 10], [])
+    with pytest.raises(RuntimeError, match="last layer must give a 1 x 1 map"):
+        _C.StackEngine(p.weights[:1], p.biases[:1], p.epilogues[:1], x, [16], [])
+    with pytest.raises(RuntimeError, match="StackEngine: layer 1: weight has C_in = 48"):
+        _C.StackEngine(p.weights[:1] + p.weights[2:], p.biases[:1] + p.biases[2:], p.epilogues[:1] + p.epilogues[2:],
+                       x, [21], [])

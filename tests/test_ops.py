@@ -51,6 +51,25 @@ def test_lc_conv2d_forward_backward_match_reference(device, dtype, shape, n):
         torch.testing.assert_close(a, e, **tol(dtype))
 
 
+# Output channels that give 1, 3, 4, 7 and 8 vectors of 16 (AVX-512) or 8 (AVX2) lanes and tails after them:
+# with every batch size from 1 to 13 they take each few-faces width (1 to 3 faces at once) and each face-tile
+# remainder of the batched path.
+@pytest.mark.parametrize("isa", ops.cpu_isas_supported())
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("c_out", [16, 48, 64, 100, 128, 21])
+def test_every_batch_size_matches_reference(isa, wdtype, c_out):
+    dtype = torch.float64 if wdtype == torch.float64 else torch.float32
+    shape = (2, 6, 7, 2, c_out, 1, 0)
+    with ops.use_cpu_isa(isa), torch.no_grad():
+        for n in range(1, 14):
+            x, w, b, s, p = make(shape, n, dtype)
+            w = w.to(wdtype)
+            for op, oracle in ((ops.lc_conv2d, ref.lc_conv2d),
+                               (ops.lc_conv2d_abs_tanh_maxpool2d, ref.lc_conv2d_abs_tanh_maxpool2d)):
+                torch.testing.assert_close(op(x, w, b, s, p), oracle(x, w, b, s, p), **tol(dtype),
+                                           msg=lambda m: f"N={n}, {op.__name__}: {m}")
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 def test_lc_conv2d_without_bias_and_partial_grads(device):
     x, w, _, s, p = make(ODD_SHAPES[1], 4, torch.float64, device, bias=False)

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/kernel_table.h"
+#include "cpu/lc_stack_plan.h"
 #include "lc_conv2d_shape.h"
 
 namespace tcdcn {
@@ -59,19 +60,25 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   return g;
 }
 
-// Runs fn(l0, l1) over the output locations in parallel. With the pooling epilogue each task gets whole pairs of
-// output rows: a 2x2 cell is then written by one thread only, and finished by its last location (kernels.h).
+// Runs fn(l0, l1) over the H_out x W_out output locations in parallel; work: multiply-adds per location. With the
+// pooling epilogue each task gets whole pairs of output rows: a 2x2 cell is then written by one thread only, and
+// finished by its last location (kernels.h).
 template <typename F>
-void for_location_ranges(const LcShape& s, int epilogue, const F& fn) {
-  const int64_t work = s.N * s.K() * s.C_out;
+void for_location_ranges(int64_t H_out, int64_t W_out, int64_t work, int epilogue, const F& fn) {
+  const int64_t L = H_out * W_out;
   if (epilogue != 2) {
-    at::parallel_for(0, s.L(), grain_for(work), fn);
+    at::parallel_for(0, L, grain_for(work), fn);
     return;
   }
-  const int64_t pair = 2 * s.W_out;
-  at::parallel_for(0, (s.H_out + 1) / 2, grain_for(work * pair), [&](int64_t p0, int64_t p1) {
-    fn(p0 * pair, std::min(p1 * pair, s.L()));
+  const int64_t pair = 2 * W_out;
+  at::parallel_for(0, (H_out + 1) / 2, grain_for(work * pair), [&](int64_t p0, int64_t p1) {
+    fn(p0 * pair, std::min(p1 * pair, L));
   });
+}
+
+template <typename F>
+void for_location_ranges(const LcShape& s, int epilogue, const F& fn) {
+  for_location_ranges(s.H_out, s.W_out, s.N * s.K() * s.C_out, epilogue, fn);
 }
 
 // epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h). A float16 weight (with
@@ -147,18 +154,11 @@ at::Tensor lc_conv2d_abs_tanh_maxpool2d_cpu(const at::Tensor& input, const at::T
 
 at::Tensor lc_conv2d_stack_cpu(const at::Tensor& input, at::TensorList weight,
                                const c10::List<std::optional<at::Tensor>>& bias, at::IntArrayRef epilogue) {
-  TORCH_CHECK(!weight.empty() && bias.size() == weight.size() && epilogue.size() == weight.size(),
-              "lc_conv2d_stack: weight (", weight.size(), "), bias (", bias.size(), ") and epilogue (",
-              epilogue.size(), ") must list the same, non-zero number of layers");
-  const int64_t unit[2] = {1, 1}, none[2] = {0, 0};
-  at::Tensor h = input;
-  for (size_t i = 0; i < weight.size(); ++i) {
-    const std::string op = "lc_conv2d_stack: layer " + std::to_string(i);
-    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 2, op, ": epilogue must be 0 (none), 1 (|tanh|) or 2 (|tanh| ",
-                "and 2x2 max pooling), got ", epilogue[i]);
-    h = forward_impl(h, weight[i], bias.get(i), unit, none, int(epilogue[i]), op.c_str());
-  }
-  return h;
+  TORCH_CHECK(input.device().is_cpu(), "lc_conv2d_stack: the CPU kernel got input on ", input.device());
+  std::vector<std::optional<at::Tensor>> b;
+  b.reserve(bias.size());
+  for (size_t i = 0; i < bias.size(); ++i) b.push_back(bias.get(i));
+  return cpu::LcStackPlan(weight.vec(), b, epilogue, input, "lc_conv2d_stack").run(input);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::Tensor& grad_output,
@@ -222,6 +222,128 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
 }
 
 }  // namespace
+
+namespace cpu {
+namespace {
+
+// in_off of a layer whose input has element strides (sC, sH, sW): tap k = (ci * kH + kh) * kW + kw.
+void tap_offsets(int64_t C_in, int64_t kH, int64_t kW, int64_t sC, int64_t sH, int64_t sW, std::vector<int64_t>& off) {
+  off.resize(C_in * kH * kW);
+  for (int64_t ci = 0, k = 0; ci < C_in; ++ci)
+    for (int64_t kh = 0; kh < kH; ++kh)
+      for (int64_t kw = 0; kw < kW; ++kw, ++k) off[k] = ci * sC + kh * sH + kw * sW;
+}
+
+}  // namespace
+
+LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
+                         at::IntArrayRef epilogue, const at::Tensor& input, const char* op)
+    : dtype_(input.scalar_type()) {
+  TORCH_CHECK(!weight.empty() && bias.size() == weight.size() && epilogue.size() == weight.size(), op,
+              ": weight (", weight.size(), "), bias (", bias.size(), ") and epilogue (", epilogue.size(),
+              ") must list the same, non-zero number of layers");
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be on the CPU, got ", input.device());
+  const int64_t unit[2] = {1, 1}, none[2] = {0, 0};
+  at::Tensor in = input;  // layer i's input: metadata only (later layers: a one-element stand-in of its shape)
+  for (size_t i = 0; i < weight.size(); ++i) {
+    const std::string name = std::string(op) + ": layer " + std::to_string(i);
+    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 2, name, ": epilogue must be 0 (none), 1 (|tanh|) or 2 (|tanh| ",
+                "and 2x2 max pooling), got ", epilogue[i]);
+    const LcShape s = lc_conv2d_shape(in, weight[i], bias[i], unit, none, name.c_str(), /*half_weight_ok=*/true);
+    if (i == 0) {
+      C_ = s.C_in;
+      H_ = s.H;
+      W_ = s.W;
+    }
+    Layer l{};
+    l.weight = weight[i].contiguous();
+    l.epilogue = int(epilogue[i]);
+    l.C_in = s.C_in, l.H = s.H, l.W = s.W, l.C_out = s.C_out, l.H_out = s.H_out, l.W_out = s.W_out;
+    l.kH = s.kH, l.kW = s.kW;
+    if (bias[i].has_value() && bias[i]->defined()) {
+      // As [H_out, W_out, C_out] memory, so that a location's channels are one vector load; a bias already laid
+      // out so (channels-last strides: TCDCN's inference path keeps its biases so) is kept as it is.
+      const at::Tensor& b = *bias[i];
+      const bool hwc = (s.C_out == 1 || b.stride(0) == 1) && (s.W_out == 1 || b.stride(2) == s.C_out) &&
+                       (s.H_out == 1 || b.stride(1) == s.W_out * s.C_out);
+      l.bias = hwc ? b : b.permute({1, 2, 0}).contiguous().permute({2, 0, 1});
+    }
+    // Layer 0 reads the input as given (offsets for contiguous NCHW here, redone in run() for other strides);
+    // later layers read the previous layer's channels-last output.
+    if (i == 0)
+      tap_offsets(l.C_in, l.kH, l.kW, l.H * l.W, l.W, 1, l.off);
+    else
+      tap_offsets(l.C_in, l.kH, l.kW, 1, l.W * l.C_in, l.C_in, l.off);
+    layers_.push_back(std::move(l));
+    const Layer& b = layers_.back();
+    in = at::empty_strided({s.N, b.C_out, b.out_h(), b.out_w()}, {0, 0, 0, 0}, input.options());
+  }
+}
+
+bool LcStackPlan::serves(const at::Tensor& x) const {
+  return x.scalar_type() == dtype_ && x.device().is_cpu() && x.dim() == 4 && x.size(1) == C_ && x.size(2) == H_ &&
+         x.size(3) == W_ && !x.is_neg() && !x.is_conj();
+}
+
+at::Tensor LcStackPlan::run(const at::Tensor& x) const {
+  const int64_t N = x.size(0);
+  const Layer& last = layers_.back();
+  at::Tensor out = at::empty({N, last.C_out, last.out_h(), last.out_w()},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (N == 0) return out;
+  // Every intermediate output (channels-last [N, H, W, C]) in one allocation.
+  int64_t scratch_n = 0;
+  for (size_t i = 0; i + 1 < layers_.size(); ++i) scratch_n += N * layers_[i].out_numel();
+  const at::Tensor scratch = at::empty({scratch_n}, x.options());
+  std::vector<int64_t> off0;  // layer 0's tap offsets when x is not contiguous NCHW
+  const Layer& first = layers_.front();
+  const bool nchw = (first.C_in == 1 || x.stride(1) == first.H * first.W) && (first.H == 1 || x.stride(2) == first.W) &&
+                    (first.W == 1 || x.stride(3) == 1);
+  if (!nchw) tap_offsets(first.C_in, first.kH, first.kW, x.stride(1), x.stride(2), x.stride(3), off0);
+  AT_DISPATCH_FLOATING_TYPES(dtype_, "lc_conv2d_stack", [&] {
+    const auto& k = cpu::lc_kernels<scalar_t>();
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* next = scratch_n > 0 ? scratch.mutable_data_ptr<scalar_t>() : nullptr;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& l = layers_[i];
+      scalar_t* dst = i + 1 == layers_.size() ? out.mutable_data_ptr<scalar_t>() : next;
+      if (N * l.out_numel() > 0) {
+        LcGeom g{};
+        g.N = N, g.C_in = l.C_in, g.H = l.H, g.W = l.W, g.C_out = l.C_out, g.H_out = l.H_out, g.W_out = l.W_out;
+        g.kH = l.kH, g.kW = l.kW, g.sH = 1, g.sW = 1;
+        if (i == 0) {
+          g.in_sN = x.stride(0), g.in_sC = x.stride(1), g.in_sH = x.stride(2), g.in_sW = x.stride(3);
+          g.in_off = nchw ? l.off.data() : off0.data();
+        } else {
+          g.in_sN = l.H * l.W * l.C_in, g.in_sC = 1, g.in_sH = l.W * l.C_in, g.in_sW = l.C_in;
+          g.in_off = l.off.data();
+        }
+        const scalar_t* bp = l.bias.defined() ? l.bias.const_data_ptr<scalar_t>() : nullptr;
+        const int ep = l.epilogue;
+        const int64_t work = N * l.C_in * l.kH * l.kW * l.C_out;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (l.weight.scalar_type() == at::kHalf) {
+            // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
+            const uint16_t* wp = reinterpret_cast<const uint16_t*>(l.weight.const_data_ptr<at::Half>());
+            for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
+              k.forward_half_weight(g, in, wp, bp, dst, l0, l1, ep);
+            });
+            in = dst, next = dst + N * l.out_numel();
+            continue;
+          }
+        }
+        const scalar_t* wp = l.weight.const_data_ptr<scalar_t>();
+        for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
+          k.forward(g, in, wp, bp, dst, l0, l1, ep);
+        });
+      }
+      in = dst, next = dst + N * l.out_numel();
+    }
+  });
+  return out;
+}
+
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(tcdcn_ext, CPU, m) {
   m.impl("lc_conv2d", &lc_conv2d_cpu);

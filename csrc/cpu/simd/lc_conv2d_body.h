@@ -120,30 +120,44 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   }
 }
 
+// Tiles of up to R faces; the faces left over after the full tiles go as one smaller tile (each tile reads and
+// widens its weights once: eight faces with R = 9 are one tile, not eight).
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
+                        T* out0, int64_t out_stride, int64_t n, int mode, int part) {
+  const T* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
+  lc_fwd_tile<T, TW, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
+}
+
 template <typename T, typename TW, int V>
 inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
                          T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode, int part) {
   constexpr int R = rows_for(V);
-  const T* rows[R];
+  static_assert(R <= 12, "lc_fwd_faces: remainder tiles are dispatched up to 12 rows");
   int64_t n = n0;
-  for (; n + R <= n1; n += R) {
-    for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
-    lc_fwd_tile<T, TW, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
-  }
-  for (; n < n1; ++n) {
-    rows[0] = in + n * g.in_sN + base;
-    lc_fwd_tile<T, TW, 1, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
+  for (; n + R <= n1; n += R) lc_fwd_rows<T, TW, R, V>(g, in, base, wl, btile, out0, out_stride, n, mode, part);
+  switch (n1 - n) {  // 0 <= n1 - n < R
+#define TCDCN_REM(r)                                                                                        \
+  case r:                                                                                                   \
+    if constexpr (r < R) lc_fwd_rows<T, TW, (r < R ? r : 1), V>(g, in, base, wl, btile, out0, out_stride, n, mode, part); \
+    break;
+    TCDCN_REM(1) TCDCN_REM(2) TCDCN_REM(3) TCDCN_REM(4) TCDCN_REM(5) TCDCN_REM(6)
+    TCDCN_REM(7) TCDCN_REM(8) TCDCN_REM(9) TCDCN_REM(10) TCDCN_REM(11)
+#undef TCDCN_REM
+    default: break;
   }
 }
 
-// Few faces (N = 1 latency): every weight is used once per face, so the layer streams its weights and the
-// kernel's job is to keep up with that stream. One location at a time: its [K, C_out] block is read front to back
-// (one sequential stream for the prefetchers, and only the input and weight pointers live, where a tile of
-// several locations runs out of general registers and spills its pointers), with U partial sums over the taps
-// (tap k goes to sum k mod U) so that U x V independent FMA chains hide the FMA latency.
-constexpr int partial_sums_for(int v) {
-  const int u = (8 + v - 1) / v;                // at least 8 chains
-  const int cap = (TCDCN_NUM_VREGS - 2) / v;    // accumulators plus a weight and a broadcast register
+// Few faces (batch 1 latency, up to kSmallBatch faces): every weight is used once per face, so the layer streams
+// its weights and the kernel's job is to keep up with that stream. One location at a time, for all R faces at once
+// (each weight is loaded and widened once): its [K, C_out] block is read front to back (one sequential stream for
+// the prefetchers, and only the input and weight pointers live, where a tile of several locations runs out of
+// general registers and spills its pointers), with U partial sums over the taps (tap k goes to sum k mod U) so
+// that R x U x V independent FMA chains hide the FMA latency.
+constexpr int partial_sums_for(int r, int v) {
+  const int u = (8 + r * v - 1) / (r * v);            // at least 8 chains
+  const int cap = (TCDCN_NUM_VREGS - 1 - v) / (r * v);  // accumulators plus the weights and a broadcast register
   return u < cap ? u : (cap < 1 ? 1 : cap);
 }
 
@@ -153,9 +167,13 @@ constexpr int partial_sums_for(int v) {
 // just the next location's weights (or, after the last, a harmless prefetch past the tensor).
 constexpr int64_t kWeightPrefetchBytes = 2048;
 
-// Channel vectors per pass of the few-faces path: up to 8, a whole row of 64 (AVX2) or 128 (AVX-512) float
-// channels, so that a weight row's cache lines are fetched in one pass rather than split between passes.
-constexpr int kFewFacesMaxV = 8;
+// Channel vectors per pass of the few-faces path with R faces: up to 8 (a whole row of 64 (AVX2) or 128 (AVX-512)
+// float channels, so that a weight row's cache lines are fetched in one pass rather than split between passes),
+// fewer where R x V accumulators and V weights would not fit the register file.
+constexpr int few_faces_max_v(int r) {
+  const int v = (TCDCN_NUM_VREGS - 1) / (r + 1);
+  return v > 8 ? 8 : (v < 1 ? 1 : v);
+}
 
 // acc[0] += acc[1] + ... + acc[N - 1], pairwise: log2(N) dependent adds rather than N - 1. A recursion on the
 // constant N, so that every index is a constant and the partial sums stay in registers (a loop over a doubling
@@ -170,17 +188,19 @@ inline void tree_sum(Vec (*acc)[V]) {
   }
 }
 
-template <typename T, typename TW, int V>
-inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* row, const TW* wl, const T* bl, T* dst, int mode,
-                       int part) {
+// One location of R faces: rows[r] is face r's window corner, dst[r * dst_stride] its output slot.
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* bl, T* dst,
+                       int64_t dst_stride, int mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
-  constexpr int U = partial_sums_for(V);
+  constexpr int U = partial_sums_for(R, V);
   const int64_t K = g.K(), C = g.C_out;
   const int64_t* off = g.in_off;
-  vec acc[U][V];
-  for (int u = 0; u < U; ++u)
-    for (int v = 0; v < V; ++v) acc[u][v] = vec{};
+  vec acc[R][U][V];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u)
+      for (int v = 0; v < V; ++v) acc[r][u][v] = vec{};
   int64_t k = 0;
   for (; k + U <= K; k += U) {
     {  // (addresses as integers: the target may lie past the tensor, where a pointer may not point)
@@ -189,37 +209,54 @@ inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* row, const TW* wl, 
       for (int64_t b = 0; b < step_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(pf + b), 0, 3);
     }
     for (int u = 0; u < U; ++u) {
-      const vec x = vbcast<T>(row[off[k + u]]);
       const TW* wk = wl + (k + u) * C;
-      for (int v = 0; v < V; ++v) acc[u][v] += x * wload(wk + v * W);
+      vec wv[V];
+      for (int v = 0; v < V; ++v) wv[v] = wload(wk + v * W);
+      const int64_t o = off[k + u];
+      for (int r = 0; r < R; ++r) {
+        const vec x = vbcast<T>(rows[r][o]);
+        for (int v = 0; v < V; ++v) acc[r][u][v] += x * wv[v];
+      }
     }
   }
   for (; k < K; ++k) {
-    const vec x = vbcast<T>(row[off[k]]);
-    for (int v = 0; v < V; ++v) acc[0][v] += x * wload(wl + k * C + v * W);
+    vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = wload(wl + k * C + v * W);
+    const int64_t o = off[k];
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(rows[r][o]);
+      for (int v = 0; v < V; ++v) acc[r][0][v] += x * wv[v];
+    }
   }
-  tree_sum<U, V>(acc);
-  for (int v = 0; v < V; ++v) {
-    const vec sum = bl ? acc[0][v] + vload<T>(bl + v * W) : acc[0][v];
-    store_out<T>(dst + v * W, sum, mode, part);
+  for (int r = 0; r < R; ++r) {
+    tree_sum<U, V>(acc[r]);
+    for (int v = 0; v < V; ++v) {
+      const vec sum = bl ? acc[r][0][v] + vload<T>(bl + v * W) : acc[r][0][v];
+      store_out<T>(dst + r * dst_stride + v * W, sum, mode, part);
+    }
   }
 }
 
-// Locations [l0, l1) of one face, channels [c0, c0 + V*W). The output row and column are stepped rather than
-// divided out of l (a few integer divisions per location cost as much as a small layer's arithmetic).
-template <typename T, typename TW, int V>
-inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const TW* w, const T* bias, T* out_n,
-                             int64_t l0, int64_t l1, int64_t c0, int mode) {
+// Locations [l0, l1) of faces [n0, n0 + R), channels [c0, c0 + V*W). The output row and column are stepped rather
+// than divided out of l (a few integer divisions per location cost as much as a small layer's arithmetic).
+template <typename T, typename TW, int R, int V>
+inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
+                             int64_t n0, int64_t l0, int64_t l1, int64_t c0, int mode) {
   const int64_t K = g.K(), C = g.C_out;
+  const int64_t out_stride = out_slots(g, mode) * C;
   const bool pool = mode == kAbsTanhMaxPool;
   const int64_t h_keep = pool ? 2 * (g.H_out / 2) : g.H_out, w_keep = pool ? 2 * (g.W_out / 2) : g.W_out;
+  const T* in_n = in + n0 * g.in_sN;
+  T* out_n = out + n0 * out_stride;
   int64_t i = l0 / g.W_out, j = l0 % g.W_out;
   for (int64_t l = l0; l < l1; ++l) {
     if (i < h_keep && j < w_keep) {  // else floor-mode pooling drops the location
-      const T* row = in_n + i * g.sH * g.in_sH + j * g.sW * g.in_sW;
+      const T* rows[R];
+      rows[0] = in_n + i * g.sH * g.in_sH + j * g.sW * g.in_sW;
+      for (int r = 1; r < R; ++r) rows[r] = rows[r - 1] + g.in_sN;
       const int64_t slot = pool ? (i / 2) * (g.W_out / 2) + j / 2 : l;
-      lc_fwd_loc<T, TW, V>(g, row, w + l * K * C + c0, bias ? bias + l * C + c0 : nullptr, out_n + slot * C + c0,
-                           mode, cell_part_at(i, j));
+      lc_fwd_loc<T, TW, R, V>(g, rows, w + l * K * C + c0, bias ? bias + l * C + c0 : nullptr,
+                              out_n + slot * C + c0, out_stride, mode, cell_part_at(i, j));
     }
     if (++j == g.W_out) {
       j = 0;
@@ -228,8 +265,30 @@ inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in_n, const T
   }
 }
 
-// Batches up to this size take the one-location-at-a-time path.
-constexpr int64_t kSmallBatch = 2;
+// The channel vectors of faces [n0, n0 + R) in passes of at most few_faces_max_v(R) vectors.
+template <typename T, typename TW, int R>
+void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t n0,
+                      int64_t l0, int64_t l1, int64_t c_full, int mode) {
+  constexpr int W = VT<T>::W;
+  constexpr int VMax = few_faces_max_v(R);
+  for (int64_t c0 = 0; c0 < c_full;) {
+    const int64_t nv = (c_full - c0) / W;
+    const int V = nv >= VMax ? VMax : int(nv);
+    switch (V) {
+#define TCDCN_V(v)                                                                                      \
+  case v:                                                                                               \
+    if constexpr (v <= VMax) lc_fwd_loc_range<T, TW, R, (v <= VMax ? v : 1)>(g, in, w, bias, out, n0, l0, l1, c0, mode); \
+    break;
+      TCDCN_V(8) TCDCN_V(7) TCDCN_V(6) TCDCN_V(5) TCDCN_V(4) TCDCN_V(3) TCDCN_V(2)
+#undef TCDCN_V
+      default: lc_fwd_loc_range<T, TW, R, 1>(g, in, w, bias, out, n0, l0, l1, c0, mode); break;
+    }
+    c0 += V * W;
+  }
+}
+
+// Batches up to this size take the one-location-at-a-time path, all their faces at once.
+constexpr int64_t kSmallBatch = 3;
 
 template <typename T, typename TW>
 void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
@@ -237,25 +296,17 @@ void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* 
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
   const int64_t c_full = (C / W) * W;
-  for (int64_t n = 0; n < g.N; ++n) {
+  static_assert(kSmallBatch == 3, "lc_forward_small_batch dispatches 1 to 3 faces");
+  switch (g.N) {
+    case 3: lc_fwd_few_faces<T, TW, 3>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
+    case 2: lc_fwd_few_faces<T, TW, 2>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
+    case 1: lc_fwd_few_faces<T, TW, 1>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
+    default: break;
+  }
+  for (int64_t n = 0; n < g.N; ++n) {  // channels that do not fill a vector
     const T* in_n = in + n * g.in_sN;
     T* out_n = out + n * out_slots(g, mode) * C;
-    for (int64_t c0 = 0; c0 < c_full;) {
-      const int64_t nv = (c_full - c0) / W;
-      const int V = nv >= kFewFacesMaxV ? kFewFacesMaxV : int(nv);
-      switch (V) {
-        case 8: lc_fwd_loc_range<T, TW, 8>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 7: lc_fwd_loc_range<T, TW, 7>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 6: lc_fwd_loc_range<T, TW, 6>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 5: lc_fwd_loc_range<T, TW, 5>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 4: lc_fwd_loc_range<T, TW, 4>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 3: lc_fwd_loc_range<T, TW, 3>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        case 2: lc_fwd_loc_range<T, TW, 2>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-        default: lc_fwd_loc_range<T, TW, 1>(g, in_n, w, bias, out_n, l0, l1, c0, mode); break;
-      }
-      c0 += V * W;
-    }
-    for (int64_t l = l0; l < l1; ++l) {  // channels that do not fill a vector
+    for (int64_t l = l0; l < l1; ++l) {
       if (dropped_by_pool(g, l, mode)) continue;
       const T* row = in_n + g.in_base(l);
       const TW* wl = w + l * K * C;

@@ -1,0 +1,51 @@
+// A stack of locally connected layers (each stride 1, unpadded, with its epilogue) checked once for one input shape
+// and then run any number of times: what the tcdcn_ext::lc_conv2d_stack op does on each call, and what TCDCN's CPU
+// inference path keeps (through tcdcn_ext._C.StackEngine) so that a batch-1 forward pays for the kernels and one
+// allocation, not for the argument checks, the dispatcher and per-layer temporaries (together ~40 us per call, a
+// seventh of the 5-point forward).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace tcdcn::cpu {
+
+class LcStackPlan {
+ public:
+  // weight[i]: [H_out, W_out, C_in, kH, kW, C_out] of the input's dtype, or float16 with a float32 input;
+  // bias[i]: [C_out, H_out, W_out] or none; epilogue[i]: 0 (none), 1 (|tanh|), 2 (|tanh| and 2x2 max pooling).
+  // `input` gives the dtype, device and shape [N, C, H, W] the plan serves (only its metadata is read; N is free).
+  // Errors name `op` and the layer. Keeps references to the weights (and channels-last copies of biases that are
+  // not laid out so already).
+  LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
+              at::IntArrayRef epilogue, const at::Tensor& input, const char* op);
+
+  // Whether run() takes x: the plan's dtype, CPU, [N, C, H, W] of its C, H, W (any N, any strides).
+  bool serves(const at::Tensor& x) const;
+  // The stack's output for x (serves(x) must hold): [N, C_out, H_out, W_out] of the last layer, channels-last.
+  at::Tensor run(const at::Tensor& x) const;
+  // The last layer's output: channels, height, width.
+  int64_t out_channels() const { return layers_.back().C_out; }
+  int64_t out_height() const { return layers_.back().out_h(); }
+  int64_t out_width() const { return layers_.back().out_w(); }
+
+ private:
+  struct Layer {
+    at::Tensor weight, bias;  // bias undefined when none; else [H_out, W_out, C_out] contiguous memory
+    int epilogue;
+    int64_t C_in, H, W, C_out, H_out, W_out, kH, kW;
+    std::vector<int64_t> off;  // the kernels' in_off table (kernels.h) for the input this layer reads
+    int64_t out_h() const { return epilogue == 2 ? H_out / 2 : H_out; }
+    int64_t out_w() const { return epilogue == 2 ? W_out / 2 : W_out; }
+    int64_t out_numel() const { return C_out * out_h() * out_w(); }
+  };
+  std::vector<Layer> layers_;
+  at::ScalarType dtype_;
+  int64_t C_, H_, W_;
+};
+
+}  // namespace tcdcn::cpu
