@@ -95,8 +95,19 @@ class StackEngine {
  public:
   StackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
               const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
-              std::vector<at::Tensor> sources)
-      : plan_(weight, bias, epilogue, example, "StackEngine"), split_(std::move(split)), watch_(std::move(sources)) {
+              std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape)
+      : plan_(weight, bias, epilogue, example, "StackEngine"),
+        split_(std::move(split)),
+        watch_(std::move(sources)),
+        first_shape_(std::move(first_shape)) {
+    TORCH_CHECK(names.empty() || names.size() == split_.size(), "StackEngine: ", names.size(), " names for ",
+                split_.size(), " split blocks");
+    for (const std::string& n : names) names_.push_back(py::str(n));
+    int64_t first = 1;
+    for (int64_t d : first_shape_) first *= d;
+    TORCH_CHECK(first_shape_.empty() || (!split_.empty() && first == split_[0]), "StackEngine: first_shape ",
+                at::IntArrayRef(first_shape_), " does not hold the first block's ", split_.empty() ? 0 : split_[0],
+                " columns");
     int64_t total = 0;
     for (int64_t n : split_) {
       TORCH_CHECK(n >= 0, "StackEngine: split sizes must be >= 0, got ", n);
@@ -115,15 +126,33 @@ class StackEngine {
 
   py::object heads(const at::Tensor& x) const {
     if (!usable(x)) return py::none();
-    const at::Tensor y = run(x);
-    std::vector<at::Tensor> parts = y.split_with_sizes(split_, 1);
-    if (y.size(0) > 1)  // column blocks of y: contiguous like per-head products (one row already is)
-      for (at::Tensor& p : parts) p = p.contiguous();
-    return py::cast(parts);
+    return py::cast(split(run(x)));
+  }
+
+  // {names[i]: block i}, the first block viewed as [N, *first_shape]; None as stacked().
+  py::object outputs(const at::Tensor& x) const {
+    TORCH_CHECK(names_.size() == split_.size(), "StackEngine.outputs: the engine was made without names");
+    if (!usable(x)) return py::none();
+    std::vector<at::Tensor> parts = split(run(x));
+    if (!first_shape_.empty()) {
+      std::vector<int64_t> shape{parts[0].size(0)};
+      shape.insert(shape.end(), first_shape_.begin(), first_shape_.end());
+      parts[0] = parts[0].view(shape);
+    }
+    py::dict out;
+    for (size_t i = 0; i < parts.size(); ++i) out[names_[i]] = py::cast(std::move(parts[i]));
+    return std::move(out);
   }
 
  private:
   bool usable(const at::Tensor& x) const { return plan_.serves(x) && !watch_.changed(); }
+  // Column blocks of y ([N, D]), contiguous like per-head products (a single row already is).
+  std::vector<at::Tensor> split(const at::Tensor& y) const {
+    std::vector<at::Tensor> parts = y.split_with_sizes(split_, 1);
+    if (y.size(0) > 1)
+      for (at::Tensor& p : parts) p = p.contiguous();
+    return parts;
+  }
   // [N, D]: the last layer's [N, D, 1, 1] output.
   at::Tensor run(const at::Tensor& x) const {
     at::Tensor y;
@@ -137,6 +166,8 @@ class StackEngine {
   tcdcn::cpu::LcStackPlan plan_;
   std::vector<int64_t> split_;
   TensorWatch watch_;
+  std::vector<int64_t> first_shape_;
+  std::vector<py::str> names_;
 };
 
 // Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages (Linux;
@@ -179,11 +210,15 @@ PYBIND11_MODULE(_C, m) {
   py::class_<StackEngine>(m, "StackEngine",
                           "A checked stack of locally connected layers run in one call: TCDCN's CPU inference path.")
       .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
-                    const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>>(),
+                    const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>,
+                    std::vector<std::string>, std::vector<int64_t>>(),
            py::arg("weight"), py::arg("bias"), py::arg("epilogue"), py::arg("example"), py::arg("split"),
-           py::arg("sources"))
+           py::arg("sources"), py::arg("names") = std::vector<std::string>(),
+           py::arg("first_shape") = std::vector<int64_t>())
       .def("stacked", &StackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
-      .def("heads", &StackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).");
+      .def("heads", &StackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).")
+      .def("outputs", &StackEngine::outputs,
+           "{names[i]: block i} with the first block viewed as [N, *first_shape], or None (as stacked).");
   m.def("empty_huge_pages", &empty_huge_pages,
         "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
   m.attr("torch_version") = TORCH_VERSION;

@@ -195,8 +195,12 @@ def test_stack_engine_serves_or_answers_none():
         assert [t.shape[1] for t in parts] == p.head_sizes and all(t.is_contiguous() for t in parts)
         assert torch.equal(torch.cat(parts, 1), want)
         assert e.stacked(x[:0]).shape == (0, sum(p.head_sizes))
+        out = e.outputs(x)
+        assert list(out) == p.head_names and out["landmarks"].shape == (3, 5, 2)
+        assert_outputs_close(out, m(x), 0)
+        assert_outputs_close(out, module_path(m, x), 1e-4)
         for bad in (x.double(), x[:, :, 1:], x[0], torch.randn(3, 2, 40, 40)):
-            assert e.stacked(bad) is None and e.heads(bad) is None
+            assert e.stacked(bad) is None and e.heads(bad) is None and e.outputs(bad) is None
     with torch.no_grad():
         m.conv[0].weight.add_(1)
     with torch.inference_mode():
@@ -205,6 +209,12 @@ def test_stack_engine_serves_or_answers_none():
         assert m._plan.engine is not e
     with pytest.raises(RuntimeError, match="split sizes add up to 20 but the last layer has 21"):
         _C.StackEngine(p.weights, p.biases, p.epilogues, x, [10, 10], [])
+    with pytest.raises(RuntimeError, match="first_shape \\[5, 3\\] does not hold the first block's 10 columns"):
+        _C.StackEngine(p.weights, p.biases, p.epilogues, x, p.head_sizes, [], p.head_names, [5, 3])
+    with pytest.raises(RuntimeError, match="2 names for 5 split blocks"):
+        _C.StackEngine(p.weights, p.biases, p.epilogues, x, p.head_sizes, [], ["a", "b"])
+    with pytest.raises(RuntimeError, match="made without names"):
+        _C.StackEngine(p.weights, p.biases, p.epilogues, x, p.head_sizes, []).outputs(x)
     with pytest.raises(RuntimeError, match="last layer must give a 1 x 1 map"):
         _C.StackEngine(p.weights[:1], p.biases[:1], p.epilogues[:1], x, [16], [])
     with pytest.raises(RuntimeError, match="StackEngine: layer 1: weight has C_in = 48"):
