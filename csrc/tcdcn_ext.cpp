@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <utility>
 #include <vector>
@@ -95,11 +96,16 @@ class StackEngine {
  public:
   StackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
               const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
-              std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape)
+              std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape,
+              std::vector<bool> softmax)
       : plan_(weight, bias, epilogue, example, "StackEngine"),
         split_(std::move(split)),
         watch_(std::move(sources)),
-        first_shape_(std::move(first_shape)) {
+        first_shape_(std::move(first_shape)),
+        softmax_(std::move(softmax)) {
+    TORCH_CHECK(softmax_.empty() || softmax_.size() == split_.size(), "StackEngine: ", softmax_.size(),
+                " softmax flags for ", split_.size(), " split blocks");
+    TORCH_CHECK(softmax_.empty() || example.scalar_type() == at::kFloat, "StackEngine: softmax blocks need float32");
     TORCH_CHECK(names.empty() || names.size() == split_.size(), "StackEngine: ", names.size(), " names for ",
                 split_.size(), " split blocks");
     for (const std::string& n : names) names_.push_back(py::str(n));
@@ -122,6 +128,30 @@ class StackEngine {
   py::object stacked(const at::Tensor& x) const {
     if (!usable(x)) return py::none();
     return py::cast(run(x));
+  }
+
+  // stacked() with each block flagged in `softmax` turned into probabilities (softmax over its columns, per row).
+  py::object probabilities(const at::Tensor& x) const {
+    TORCH_CHECK(softmax_.size() == split_.size(), "StackEngine.probabilities: the engine was made without softmax "
+                "flags");
+    if (!usable(x)) return py::none();
+    at::Tensor y = run(x);
+    float* p = y.mutable_data_ptr<float>();  // [N, D] contiguous (run's view of a [N, D, 1, 1] output)
+    const int64_t N = y.size(0), D = y.size(1);
+    for (int64_t n = 0; n < N; ++n) {
+      float* row = p + n * D;
+      int64_t c = 0;
+      for (size_t b = 0; b < split_.size(); c += split_[b], ++b) {
+        if (!softmax_[b] || split_[b] == 0) continue;
+        float* z = row + c;
+        float top = z[0];
+        for (int64_t i = 1; i < split_[b]; ++i) top = z[i] > top || z[i] != z[i] ? z[i] : top;  // NaN wins
+        float total = 0.f;
+        for (int64_t i = 0; i < split_[b]; ++i) total += (z[i] = std::exp(z[i] - top));
+        for (int64_t i = 0; i < split_[b]; ++i) z[i] /= total;
+      }
+    }
+    return py::cast(y);
   }
 
   py::object heads(const at::Tensor& x) const {
@@ -167,6 +197,7 @@ class StackEngine {
   std::vector<int64_t> split_;
   TensorWatch watch_;
   std::vector<int64_t> first_shape_;
+  std::vector<bool> softmax_;
   std::vector<py::str> names_;
 };
 
@@ -211,11 +242,13 @@ PYBIND11_MODULE(_C, m) {
                           "A checked stack of locally connected layers run in one call: TCDCN's CPU inference path.")
       .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
                     const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>,
-                    std::vector<std::string>, std::vector<int64_t>>(),
+                    std::vector<std::string>, std::vector<int64_t>, std::vector<bool>>(),
            py::arg("weight"), py::arg("bias"), py::arg("epilogue"), py::arg("example"), py::arg("split"),
            py::arg("sources"), py::arg("names") = std::vector<std::string>(),
-           py::arg("first_shape") = std::vector<int64_t>())
+           py::arg("first_shape") = std::vector<int64_t>(), py::arg("softmax") = std::vector<bool>())
       .def("stacked", &StackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
+      .def("probabilities", &StackEngine::probabilities,
+           "stacked() with the blocks flagged in `softmax` as probabilities (softmax per row), or None.")
       .def("heads", &StackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).")
       .def("outputs", &StackEngine::outputs,
            "{names[i]: block i} with the first block viewed as [N, *first_shape], or None (as stacked).");

@@ -396,6 +396,12 @@ def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], size: int) -> torch
     which first shrinks them with ``INTER_AREA``. Per face only the image slot is looked up in Python; the box
     arithmetic is vectorised (this runs for every face of a batch).
     """
+    if len(pairs) == 1:  # one face (the batch-1 latency path): no grouping, the op called directly
+        pix, b = pairs[0]
+        used = np.asarray(b, np.float64).reshape(1, 4)
+        if not _needs_area_shrink(used[0], size):
+            return _FACE_PATCHES([_image_tensor(pix)], _ZERO_INDEX, torch.from_numpy(used), size,
+                                 1 if pix.order == "bgr" else 0, True)
     used = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
     wh = used[:, 2:] - used[:, :2]
     shrink = (wh.max(axis=1) > _SHRINK_ABOVE * size).tolist()
@@ -409,11 +415,8 @@ def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], size: int) -> torch
             images, slots, slot_of_face, faces = groups.setdefault(1 if pix.order == "bgr" else 0, ([], {}, [], []))
             slot = slots.get(id(pix))
             if slot is None:
-                a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
-                if any(st < 0 for st in a.strides):
-                    a = np.ascontiguousarray(a)
                 slot = slots[id(pix)] = len(images)
-                images.append(torch.from_numpy(a))
+                images.append(_image_tensor(pix))
         slot_of_face.append(slot)
         faces.append(i)
     x = None
@@ -434,6 +437,18 @@ def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], size: int) -> torch
             _face_inputs(pix, b, patches[0])
             x[i:i + 1, 0] = _standardise(patches)
     return x
+
+
+_FACE_PATCHES = torch.ops.tcdcn_ext.face_patches.default  # (the one-face path needs none of ops.face_patches' checks)
+_ZERO_INDEX = torch.zeros(1, dtype=torch.int64)
+
+
+def _image_tensor(pix: "_Pixels") -> torch.Tensor:
+    """The pixels as the uint8 tensor face_patches reads (a view; a copy only for negative strides)."""
+    a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
+    if any(st < 0 for st in a.strides):
+        a = np.ascontiguousarray(a)
+    return torch.from_numpy(a)
 
 
 def _face_inputs(pix: _Pixels, box: np.ndarray, out: np.ndarray) -> None:
@@ -498,8 +513,8 @@ def _all_valid_boxes(boxes: Sequence[Any]) -> list[np.ndarray] | None:
     except Exception:  # whatever it is, the per-image check raises it (or its ValueError) in the right order
         return None
     if out:
-        b = np.concatenate(out)
-        if not (np.isfinite(b).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+        b = out[0] if len(out) == 1 else np.concatenate(out)
+        if not (np.isfinite(b).all() and (b[:, 2:] > b[:, :2]).all()):  # x1 > x0 and y1 > y0
             return None
     return out
 
@@ -685,8 +700,7 @@ class Aligner:
         per = self.batch_size
         chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
 
-        show = self.progress if self.progress is not None else sys.stderr.isatty()
-        show = bool(show) and len(chunks) > 4
+        show = len(chunks) > 4 and bool(self.progress if self.progress is not None else sys.stderr.isatty())
         outs = []
         for c, chunk in enumerate(chunks):
             x = _batch_inputs(chunk, side)  # [F, 1, side, side]
@@ -701,7 +715,12 @@ class Aligner:
             uv = np.concatenate([o[0] for o in outs])
             probs = {t: np.concatenate([o[1][t] for o in outs]) for t in self.attribute_tasks}
         # Plain passes come back in the frame of the box the network saw; averaged ones in the given box's frame.
-        return data.from_box_frame(uv, given if averaged else seen), probs
+        frame = given if averaged else seen
+        if len(uv) <= 4:  # a few faces: Python floats (float64, as data.from_box_frame) beat its numpy calls
+            pts = [[[x0 + u * (x1 - x0), y0 + v * (y1 - y0)] for u, v in face]
+                   for face, (x0, y0, x1, y1) in zip(uv.tolist(), frame.tolist())]
+            return np.array(pts, np.float32).reshape(uv.shape), probs
+        return data.from_box_frame(uv, frame), probs
 
     def _forward_averaged(self, crop: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """TCDCN-Averaged on standardised crops with a margin: landmarks ``[N, P, 2]`` in the given box's frame and
@@ -745,32 +764,14 @@ class Aligner:
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""
         with torch.inference_mode():
-            y = self.model._forward_stacked(x.to(self.device)).float().cpu().numpy()  # [N, D]: one transfer
-        # Columns: the landmarks' 2P values, then each task's logits in attribute_tasks (= aux_tasks) order.
+            y = self.model._forward_probabilities(x.to(self.device))  # [N, D]: one transfer
+        if y.dtype != torch.float32 or y.device.type != "cpu":
+            y = y.float().cpu()
+        y = y.numpy()
+        # Columns: the landmarks' 2P values, then each task's probabilities in attribute_tasks (= aux_tasks) order;
+        # the tasks' arrays are views of y (a numpy call costs ~5 us right after a forward has evicted the caches).
         p2 = 2 * self.model.num_points
         uv = y[:, :p2].reshape(len(y), -1, 2)
-        if not self.attribute_tasks:
-            return uv, {}
         sizes = [self.model.config.aux_tasks[t] for t in self.attribute_tasks]
-        if len(y) <= 4:  # a few faces: plain Python floats beat a dozen numpy calls on cold caches (~40 us)
-            rows = y.tolist()
-            probs = {}
-            c = p2
-            for t, n in zip(self.attribute_tasks, sizes):
-                block = []
-                for r in rows:
-                    z = r[c:c + n]
-                    top = max(z)
-                    e = [math.exp(v - top) for v in z]
-                    total = sum(e)
-                    block.append([v / total for v in e])
-                probs[t] = np.array(block, np.float32)
-                c += n
-            return uv, probs
-        logits = y[:, p2:p2 + sum(sizes)].astype(np.float64)
-        # Softmax per task, in numpy (one device transfer, no small torch ops), every task at once: each numpy call
-        # costs ~10 us right after a forward pass has evicted the caches, so per-task calls added up.
-        starts = np.cumsum([0] + sizes[:-1])
-        e = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts, axis=1), sizes, axis=1))
-        p = (e / np.repeat(np.add.reduceat(e, starts, axis=1), sizes, axis=1)).astype(np.float32)
-        return uv, {t: p[:, c:c + n] for t, c, n in zip(self.attribute_tasks, starts.tolist(), sizes)}
+        starts = itertools.accumulate([p2] + sizes[:-1])
+        return uv, {t: y[:, c:c + n] for t, c, n in zip(self.attribute_tasks, starts, sizes)}

@@ -810,10 +810,9 @@ def scale_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
 
 def from_box_frame(uv: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Box-normalised ``(u, v)`` -> image points (inverse of :func:`to_box_frame`); shapes as there, float32."""
-    q = np.asarray(uv, np.float64)
     b = np.asarray(boxes, np.float64)[..., None, :]
-    origin, size = b[..., 0:2], b[..., 2:4] - b[..., 0:2]
-    return (origin + q * size).astype(np.float32)
+    origin = b[..., :2]
+    return (origin + np.asarray(uv, np.float64) * (b[..., 2:] - origin)).astype(np.float32)
 
 
 def grey(image_rgb: np.ndarray) -> np.ndarray:

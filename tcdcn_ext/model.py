@@ -294,7 +294,8 @@ class TCDCN(nn.Module):
         head_sizes = [h.out_features for _, h in heads]
         example = torch.empty(0, 1, self.config.input_size, self.config.input_size)
         engine = _C.StackEngine(weights, biases, epilogues, example, head_sizes, sources,
-                                [name for name, _ in heads], [self.config.num_points, 2])
+                                [name for name, _ in heads], [self.config.num_points, 2],
+                                [name != "landmarks" for name, _ in heads])
         return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
                               [name for name, _ in heads], head_sizes, engine)
 
@@ -344,7 +345,8 @@ class TCDCN(nn.Module):
         return h
 
     def _planned(self, x: Tensor, what: str) -> Any:
-        """The CPU inference path's ``what`` (``"outputs"``: forward()'s dict; ``"stacked"``: ``[N, D]``) for x, the
+        """The CPU inference path's ``what`` (an engine method: ``"outputs"``, forward()'s dict; ``"stacked"`` or
+        ``"probabilities"``, ``[N, D]``) for x, the
         caller having checked eval mode and no gradients; None where the path does not serve x. The plan's engine
         answers None itself when x is not a float32 CPU ``[N, 1, S, S]`` or a parameter changed since the plan was
         made: the plan is then rebuilt once (or x left to the module path, which names what is wrong with it)."""
@@ -371,6 +373,19 @@ class TCDCN(nn.Module):
                 return y
         out = self(x)
         return torch.cat([out["landmarks"].flatten(1)] + [out[t] for t in self.aux_heads], dim=1)
+
+    def _forward_probabilities(self, x: Tensor) -> Tensor:
+        """:meth:`_forward_stacked` with each auxiliary task's logits turned into class probabilities (softmax per
+        task): ``[N, D]``, the landmarks' ``2P`` columns, then each task's probabilities. On the CPU inference path
+        the softmax is part of the native call (what the Aligner reads at batch 1)."""
+        if not (torch.is_grad_enabled() or self.training):
+            y = self._planned(x, "probabilities")
+            if y is not None:
+                return y
+        y = self._forward_stacked(x)
+        sizes = [2 * self.num_points] + list(self.config.aux_tasks.values())
+        parts = y.split(sizes, dim=1)
+        return torch.cat([parts[0]] + [p.softmax(dim=1) for p in parts[1:]], dim=1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if not (torch.is_grad_enabled() or self.training):

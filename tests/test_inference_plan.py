@@ -220,3 +220,26 @@ def test_stack_engine_serves_or_answers_none():
     with pytest.raises(RuntimeError, match="StackEngine: layer 1: weight has C_in = 48"):
         _C.StackEngine(p.weights[:1] + p.weights[2:], p.biases[:1] + p.biases[2:], p.epilogues[:1] + p.epilogues[2:],
                        x, [21], [])
+
+
+@pytest.mark.parametrize("config", [TCDCNConfig(), TCDCNConfig(shared_conv=True)], ids=["planned", "module_path"])
+def test_forward_probabilities(config):
+    """The Aligner's read: landmarks, then each task's softmax probabilities (in the native call on the CPU
+    inference path, torch.softmax otherwise), the same either way."""
+    m = TCDCN(config).eval()
+    x = torch.randn(3, 1, config.input_size, config.input_size)
+    with torch.inference_mode():
+        got = m._forward_probabilities(x)
+        out = m(x)
+    want = torch.cat([out["landmarks"].flatten(1)] + [out[t].softmax(1) for t in config.aux_tasks], dim=1)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if m._plan.engine is not None:
+        from tcdcn_ext import _C
+
+        p = m._plan
+        with pytest.raises(RuntimeError, match="made without softmax flags"):
+            _C.StackEngine(p.weights, p.biases, p.epilogues, x, p.head_sizes, []).probabilities(x)
+        with pytest.raises(RuntimeError, match="2 softmax flags for 5 split blocks"):
+            _C.StackEngine(p.weights, p.biases, p.epilogues, x, p.head_sizes, [], [], [], [True, False])
+        assert p.engine.probabilities(x.double()) is None
