@@ -13,6 +13,8 @@
 // reading the weights).
 #include "shift_average.h"
 
+#include "cpu/lc_stack_plan.h"
+
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -70,7 +72,8 @@ Bounds bounds(const Group& g, int64_t side) {
           *std::max_element(g.ox.begin(), g.ox.end()) + side - x0};
 }
 
-// Shared-convolution features of every window: [N, K, C * s * s] in the (c, y, x) order of flatten(1).
+// Shared-convolution features of every window: the last maps [N * K, C, s, s] (face-major: row n * K + k),
+// channels-last.
 at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor& crop,
                            const std::vector<ShiftWindow>& win, int64_t S,
                            at::TensorList conv_weight, at::TensorList conv_bias, at::IntArrayRef pool_after,
@@ -103,8 +106,9 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
       const std::vector<size_t>& members = kv.second;
       std::vector<at::Tensor> batch;
       for (size_t gi : members) batch.push_back(regions[gi]);
-      at::Tensor y = activate(at::conv2d(members.size() == 1 ? batch[0] : at::cat(batch), conv_weight[l],
-                                         conv_bias[l]), abs_tanh);
+      const at::Tensor x = members.size() == 1 ? batch[0] : at::cat(batch);
+      at::Tensor y = kernels.conv_act ? kernels.conv_act(x, conv_weight[l], conv_bias[l], abs_tanh)
+                                      : activate(at::conv2d(x, conv_weight[l], conv_bias[l]), abs_tanh);
       for (size_t j = 0; j < members.size(); ++j) groups[members[j]].map = y.narrow(0, int64_t(j) * N, N);
     }
     side = side - kh + 1;
@@ -135,17 +139,18 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
     side /= 2;
   }
   const int64_t C = groups[0].map.size(1);
-  at::Tensor feats = at::empty({N, K, C * side * side}, crop.options());
+  at::Tensor feats = at::empty({N, K, side, side, C}, crop.options());  // channels-last: copies of whole pixels
   for (const Group& g : groups) {
     for (size_t i = 0; i < g.k.size(); ++i) {
-      at::Tensor w = g.map.slice(2, g.oy[i], g.oy[i] + side).slice(3, g.ox[i], g.ox[i] + side);
-      feats.select(1, g.k[i]).copy_(w.reshape({N, C * side * side}));
+      const at::Tensor w = g.map.slice(2, g.oy[i], g.oy[i] + side).slice(3, g.ox[i], g.ox[i] + side);
+      feats.select(1, g.k[i]).copy_(w.permute({0, 2, 3, 1}));
     }
   }
-  return feats;
+  return feats.view({N * K, side, side, C}).permute({0, 3, 1, 2});
 }
 
-// Locally connected features of every window: the K windows of a face are one batch through the layer kernels.
+// Locally connected features of every window, the K windows of a face one batch through the layer kernels: the last
+// maps [N * K, C, s, s] (face-major).
 at::Tensor local_features(const ShiftAverageKernels& kernels, const at::Tensor& crop,
                           const std::vector<ShiftWindow>& win, int64_t S, at::TensorList conv_weight,
                           at::TensorList conv_bias, at::IntArrayRef pool_after, bool abs_tanh) {
@@ -167,7 +172,9 @@ at::Tensor local_features(const ShiftAverageKernels& kernels, const at::Tensor& 
     }
     if (pool_after[l]) h = kernels.pool2x2(h, 0, 0, h.size(2) / 2, h.size(3) / 2);
   }
-  return h.reshape({N, K, -1});
+  (void)N;
+  (void)K;
+  return h;
 }
 
 }  // namespace
@@ -239,22 +246,38 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
     channels = c_out;
   }
   const int64_t flat = channels * side * side;
-  check_tensor(fc_weight, crop, "fc_weight");
+  // fc and heads: [F, C * s * s] and [D, F] (at::addmm), or on the CPU the locally connected layout
+  // [1, 1, C, s, s, F] and [1, 1, F, 1, 1, D] (float16 allowed; TCDCN's inference copies), run on the lc kernels
+  // straight from the feature maps.
+  const bool lc_fc = fc_weight.dim() == 6;
+  const bool lc_ok = crop.device().is_cpu();
+  check_tensor(fc_weight, crop, "fc_weight", /*half_ok=*/lc_fc && lc_ok);
   check_tensor(fc_bias, crop, "fc_bias");
-  check_tensor(head_weight, crop, "head_weight");
+  check_tensor(head_weight, crop, "head_weight", /*half_ok=*/lc_fc && lc_ok);
   check_tensor(head_bias, crop, "head_bias");
-  TORCH_CHECK(fc_weight.dim() == 2 && fc_weight.size(1) == flat, kOp, ": fc_weight must be [F, ", flat,
-              "] (the conv stack gives ", channels, " x ", side, " x ", side, "), got shape ", fc_weight.sizes());
-  const int64_t F = fc_weight.size(0);
-  TORCH_CHECK(fc_bias.dim() == 1 && fc_bias.size(0) == F, kOp, ": fc_bias must be [", F, "], got shape ",
-              fc_bias.sizes());
+  TORCH_CHECK(!lc_fc || lc_ok, kOp, ": fc_weight in the locally connected layout is taken on the CPU only, got ",
+              crop.device());
+  TORCH_CHECK(lc_fc ? (fc_weight.size(0) == 1 && fc_weight.size(1) == 1 && fc_weight.size(2) == channels &&
+                       fc_weight.size(3) == side && fc_weight.size(4) == side)
+                    : (fc_weight.dim() == 2 && fc_weight.size(1) == flat),
+              kOp, ": fc_weight must be [F, ", flat, "] or [1, 1, ", channels, ", ", side, ", ", side,
+              ", F] (the conv stack gives ", channels, " x ", side, " x ", side, "), got shape ", fc_weight.sizes());
+  const int64_t F = lc_fc ? fc_weight.size(5) : fc_weight.size(0);
+  TORCH_CHECK(fc_bias.numel() == F && (fc_bias.dim() == 1 || (lc_fc && fc_bias.dim() == 3)), kOp,
+              ": fc_bias must be [", F, "]", lc_fc ? " or [F, 1, 1]" : "", ", got shape ", fc_bias.sizes());
   TORCH_CHECK(num_points >= 1, kOp, ": num_points must be >= 1, got ", num_points);
-  TORCH_CHECK(head_weight.dim() == 2 && head_weight.size(1) == F && head_weight.size(0) >= 2 * num_points, kOp,
-              ": head_weight must be [D, ", F, "] with D >= 2 * num_points = ", 2 * num_points,
-              " (landmark rows first), got shape ", head_weight.sizes());
-  const int64_t D = head_weight.size(0);
-  TORCH_CHECK(head_bias.dim() == 1 && head_bias.size(0) == D, kOp, ": head_bias must be [", D, "], got shape ",
-              head_bias.sizes());
+  TORCH_CHECK(head_weight.dim() == (lc_fc ? 6 : 2), kOp, ": head_weight must be ", lc_fc ? "[1, 1, F, 1, 1, D]" : "[D, F]",
+              " like fc_weight's layout, got shape ", head_weight.sizes());
+  const int64_t D = lc_fc ? head_weight.size(5) : head_weight.size(0);
+  TORCH_CHECK((lc_fc ? (head_weight.size(0) == 1 && head_weight.size(1) == 1 && head_weight.size(2) == F &&
+                        head_weight.size(3) == 1 && head_weight.size(4) == 1)
+                     : head_weight.size(1) == F) &&
+                  D >= 2 * num_points,
+              kOp, ": head_weight must be ", lc_fc ? "[1, 1, " : "[D, ", F, lc_fc ? ", 1, 1, D]" : "]",
+              " with D >= 2 * num_points = ", 2 * num_points, " (landmark rows first), got shape ",
+              head_weight.sizes());
+  TORCH_CHECK(head_bias.numel() == D && (head_bias.dim() == 1 || (lc_fc && head_bias.dim() == 3)), kOp,
+              ": head_bias must be [", D, "]", lc_fc ? " or [D, 1, 1]" : "", ", got shape ", head_bias.sizes());
 
   const int64_t N = crop.size(0);
   at::Tensor heads = at::empty({N, K, D}, crop.options());
@@ -272,11 +295,18 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
     }
   }
   const int64_t U = int64_t(uniq.size());
-  at::Tensor feats = shared_conv
-                         ? shared_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh)
-                         : local_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh);
-  at::Tensor f = activate(at::addmm(fc_bias, feats.reshape({N * U, flat}), fc_weight.t()), abs_tanh);
-  heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, U, D});
+  const at::Tensor maps = shared_conv  // [N * U, C, s, s]
+                             ? shared_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh)
+                             : local_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh);
+  if (lc_fc) {  // fc (with its activation) and the heads as two locally connected layers on the maps as they lie
+    const int64_t epilogue[2] = {abs_tanh ? 1 : 3, 0};
+    const cpu::LcStackPlan plan({fc_weight, head_weight}, {fc_bias.view({F, 1, 1}), head_bias.view({D, 1, 1})},
+                                epilogue, maps, kOp);
+    heads = plan.run(maps).view({N, U, D});
+  } else {
+    at::Tensor f = activate(at::addmm(fc_bias, maps.reshape({N * U, flat}), fc_weight.t()), abs_tanh);
+    heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, U, D});
+  }
   if (U < K) {
     const at::Tensor index = at::tensor(slot, at::TensorOptions().dtype(at::kLong)).to(crop.device());
     heads = heads.index_select(1, index);

@@ -1,7 +1,8 @@
 // tcdcn_ext::shift_average (TCDCN-Averaged): the device-independent part of the op, shared by the CPU
 // (cpu/shift_average_cpu.cpp) and CUDA (cuda/shift_average_cuda.cu) registrations. Each device supplies the two
-// memory-bound kernels below; the convolutions go through tcdcn_ext's own ops (locally connected layers) or
-// at::conv2d (spatially shared layers), dispatched on the crop's device.
+// memory-bound kernels below (and the CPU its direct convolution for spatially shared layers); the other
+// convolutions go through tcdcn_ext's own ops (locally connected layers) or at::conv2d, dispatched on the crop's
+// device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +30,10 @@ struct ShiftAverageKernels {
   // -> landmarks [N, P, 2]: (1 / K) sum_k (u_k, v_k) + (shift_u, shift_v), summed in double, where the caller
   // passes the mean shift in window units, (mean_k dx_k / S, mean_k dy_k / S).
   at::Tensor (*unshift_average)(const at::Tensor& heads, double shift_u, double shift_v, int64_t P);
+  // A spatially shared convolution (stride 1, unpadded; weight [C_out, C_in, k, k], bias [C_out]) and its
+  // activation (|tanh| or relu) on x [N, C_in, H, W] (any strides); null: at::conv2d and the activation op.
+  at::Tensor (*conv_act)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool abs_tanh) =
+      nullptr;
 };
 
 std::tuple<at::Tensor, at::Tensor> shift_average_forward(

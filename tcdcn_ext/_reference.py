@@ -80,12 +80,18 @@ def lc_conv2d_stack(
     bias: Sequence[Tensor | None],
     epilogue: Sequence[str],
 ) -> Tensor:
-    """The layers in turn: ``lc_conv2d`` (stride 1, no padding), then per ``epilogue[i]`` nothing (``"none"``),
-    ``abs_tanh`` or ``abs_tanh`` and ``max_pool2d(2)`` (``"abs_tanh_maxpool2d"``)."""
-    layer = {"none": lc_conv2d, "abs_tanh": lc_conv2d_abs_tanh, "abs_tanh_maxpool2d": lc_conv2d_abs_tanh_maxpool2d}
+    """The layers in turn: ``lc_conv2d`` (6-D weight) or ``conv2d`` (4-D weight), stride 1, no padding, then per
+    ``epilogue[i]`` nothing (``"none"``), ``abs_tanh`` or ``relu``, and ``max_pool2d(2)`` for the ``_maxpool2d``
+    ones."""
     h = input
     for w, b, e in zip(weight, bias, epilogue):
-        h = layer[e](h, w, b)
+        h = F.conv2d(h, w.to(h.dtype), b) if w.dim() == 4 else lc_conv2d(h, w, b)
+        if e.startswith("abs_tanh"):
+            h = abs_tanh(h)
+        elif e.startswith("relu"):
+            h = torch.relu(h)
+        if e.endswith("_maxpool2d"):
+            h = F.max_pool2d(h, 2)
     return h
 
 
@@ -143,6 +149,10 @@ def shift_average(
     import torch.nn.functional as F
 
     act = abs_tanh if activation == "abs_tanh" else torch.relu
+    if fc_weight.dim() == 6:  # the locally connected layout [1, 1, C, s, s, F] / [1, 1, F, 1, 1, D] -> [F, C*s*s]
+        fc_weight = fc_weight.to(crop.dtype).permute(5, 2, 3, 4, 0, 1).reshape(fc_weight.shape[5], -1)
+        head_weight = head_weight.to(crop.dtype).reshape(head_weight.shape[2], -1).t()
+        fc_bias, head_bias = fc_bias.reshape(-1), head_bias.reshape(-1)
     my, mx = (crop.shape[2] - window) // 2, (crop.shape[3] - window) // 2
     pairs = [(int(shifts[i]), int(shifts[i + 1])) for i in range(0, len(shifts), 2)]
     heads = []

@@ -166,6 +166,10 @@ class TCDCN(nn.Module):
           Raises ``ValueError`` if a weight is beyond float16's range (65504).
         * ``"float32"``: float32 weights.
 
+        Spatially shared convolutions (the 68-point model) always keep float32 copies (of the float16-rounded
+        values under ``"float16"``): each weight is read at every location from cache, where widening it on every
+        load would cost more than half the bytes saves.
+
         Training, the autograd path, float64, CUDA and architectures the path does not cover use the parameters
         as they are. The copies follow the parameters: they are rebuilt after the model was in training mode, and
         when a parameter changes in place (an optimizer step, ``load_state_dict``), gets new storage or is moved or
@@ -238,58 +242,66 @@ class TCDCN(nn.Module):
         return half
 
     def _build_plan(self) -> "_InferencePlan":
-        """The whole forward as one :func:`tcdcn_ext.ops.lc_conv2d_stack` call (CPU, float32):
+        """The whole forward as one native call (:class:`tcdcn_ext._C.StackEngine`, the layer schedule of
+        :func:`tcdcn_ext.ops.lc_conv2d_stack`; CPU, float32):
 
-        * each locally connected layer with its |tanh| and the 2x2 max pooling after it (when there is one);
-        * the fc layer and its |tanh|: a locally connected layer whose single window is the whole last map
+        * each convolutional layer (locally connected, or spatially shared with stride 1 and no padding) with its
+          activation (|tanh| or ReLU) and the 2x2 max pooling after it (when there is one);
+        * the fc layer and its activation: a locally connected layer whose single window is the whole last map
           (weight ``[1, 1, C, s, s, F]`` from the fc's ``[F, C * s * s]``, input flattened as ``(c, y, x)``);
         * every head, stacked: one more such layer, on the ``1 x 1`` feature map, with no epilogue.
 
-        Weights as :meth:`set_inference_weights` says; biases laid out channels-last (same shape and values,
-        the layout the kernels read, so that the op does not transpose them on every call). All of them are
-        copies, in one buffer in the order the op reads them, on transparent huge pages where the OS gives them
-        (:func:`_packed`). An architecture the op does not cover (ordinary convolutions, ReLU, stride or padding,
-        a pooling of another kind, float64 parameters) gets an empty plan and keeps the per-module path.
+        Weights as :meth:`set_inference_weights` says; biases of locally connected layers laid out channels-last
+        (same shape and values, the layout the kernels read, so that the op does not transpose them on every call).
+        All of them are copies, in one buffer in the order the op reads them, on transparent huge pages where the
+        OS gives them (:func:`_packed`). An architecture the op does not cover (stride or padding, a pooling of
+        another kind, float64 parameters) gets an empty plan and keeps the per-module path.
         """
         layers = list(self.conv)
         heads = [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
         sources = [t for m in [*layers, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
         plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [], None)
-        if (not isinstance(self.act, AbsTanh) or any(t.dtype != torch.float32 or t.device.type != "cpu"
-                                                     for t in sources)):
+        act = {AbsTanh: 1, nn.ReLU: 3}.get(type(self.act))  # the epilogue codes; + 1: with 2x2 max pooling
+        if act is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in sources):
             return plan
         weights, biases, epilogues = [], [], []
         i = 0
         while i < len(layers):
             layer = layers[i]
-            if not (isinstance(layer, LocallyConnected2d) and i + 1 < len(layers)
-                    and isinstance(layers[i + 1], AbsTanh) and tuple(layer.stride) == (1, 1)
-                    and tuple(layer.padding) == (0, 0)):
+            if not (isinstance(layer, (LocallyConnected2d, nn.Conv2d)) and i + 1 < len(layers)
+                    and type(layers[i + 1]) is type(self.act) and _plain_conv(layer)):
                 return plan
             nxt = layers[i + 2] if i + 2 < len(layers) else None
             pool = isinstance(nxt, nn.MaxPool2d)
             if pool and not _is_plain_2x2(nxt):
                 return plan
-            weights.append(self._inference_weight(f"conv[{i}]", layer.weight.detach()))
+            w = self._inference_weight(f"conv[{i}]", layer.weight.detach().contiguous())
+            # A shared convolution reads its (cached) weights at every location: widening float16 on each load
+            # would cost more than the bytes save, so it keeps float32 values (float16-rounded ones when so set).
+            weights.append(w.float() if isinstance(layer, nn.Conv2d) else w)
             biases.append(None if layer.bias is None else layer.bias.detach())
-            epilogues.append(2 if pool else 1)
+            epilogues.append(act + 1 if pool else act)
             i += 3 if pool else 2
         c = self.config.channels[-1]
         s = math.isqrt(self.flat_dim // c)  # the last map is c x s x s
         fc_w = self.fc.weight.detach().reshape(1, 1, -1, c, s, s)  # natural [H_out, W_out, C_out, C_in, kH, kW]
         weights.append(self._inference_weight("fc", ops.lc_weight_from_natural(fc_w)))
         biases.append(self.fc.bias.detach().reshape(-1, 1, 1))
-        epilogues.append(1)
+        epilogues.append(act)
         head_w = torch.cat([h.weight.detach() for _, h in heads]).reshape(1, 1, -1, self.config.feature_dim, 1, 1)
         weights.append(self._inference_weight("heads", ops.lc_weight_from_natural(head_w)))
         biases.append(torch.cat([h.bias.detach() for _, h in heads]).reshape(-1, 1, 1))
         epilogues.append(0)
-        # One buffer: each layer's bias, as [H, W, C] (a channels-last [C, H, W] in memory), then its weight.
-        order = [t for w, b in zip(weights, biases) for t in ([] if b is None else [b.permute(1, 2, 0)]) + [w]]
+        # One buffer: each layer's bias (locally connected: as [H, W, C], a channels-last [C, H, W] in memory), then
+        # its weight.
+        def hwc(b):
+            return b.permute(1, 2, 0) if b.dim() == 3 else b
+
+        order = [t for w, b in zip(weights, biases) for t in ([] if b is None else [hwc(b)]) + [w]]
         copies = iter(_packed(order))
         for i, b in enumerate(biases):
             if b is not None:
-                biases[i] = next(copies).permute(2, 0, 1)
+                biases[i] = next(copies).permute(2, 0, 1) if b.dim() == 3 else next(copies)
             weights[i] = next(copies)
         head_sizes = [h.out_features for _, h in heads]
         example = torch.empty(0, 1, self.config.input_size, self.config.input_size)
@@ -480,17 +492,22 @@ class TCDCN(nn.Module):
         if any(tuple(m.stride) != (1, 1) or tuple(m.padding) != (0, 0) for m in layers):
             raise ValueError("predict_shift_average: conv layers must have stride 1 and no padding")
         tasks = list(self.aux_heads)
-        head_w = torch.cat([self.landmark_head.weight] + [self.aux_heads[t].weight for t in tasks])
-        head_b = torch.cat([self.landmark_head.bias] + [self.aux_heads[t].bias for t in tasks])
-        weights, biases = [m.weight for m in layers], [m.bias for m in layers]
-        if not (self.config.shared_conv or self.training):
-            plan = self._inference_plan(crop)  # its (float16 where exact) copies of the locally connected weights
-            if plan is not None:
-                weights, biases = plan.weights[:len(layers)], plan.biases[:len(layers)]
+        n = len(layers)
+        plan = None if self.training else self._inference_plan(crop)
+        if plan is not None:
+            # The CPU inference copies (float16 where exact): the conv layers, then the fc and the stacked heads in
+            # the locally connected layout, which the op runs on its lc kernels straight from the feature maps.
+            weights, biases = plan.weights, plan.biases
+            fc_w, fc_b, head_w, head_b = weights[n], biases[n], weights[n + 1], biases[n + 1]
+            weights, biases = weights[:n], biases[:n]
+        else:
+            weights, biases = [m.weight for m in layers], [m.bias for m in layers]
+            fc_w, fc_b = self.fc.weight, self.fc.bias
+            head_w = torch.cat([self.landmark_head.weight] + [self.aux_heads[t].weight for t in tasks])
+            head_b = torch.cat([self.landmark_head.bias] + [self.aux_heads[t].bias for t in tasks])
         lm, heads = ops.shift_average(
-            crop, shifts, self.config.input_size, weights, biases,
-            self.config.pool_after, self.config.shared_conv, self.config.activation, self.fc.weight, self.fc.bias,
-            head_w, head_b, self.num_points)
+            crop, shifts, self.config.input_size, weights, biases, self.config.pool_after, self.config.shared_conv,
+            self.config.activation, fc_w, fc_b, head_w, head_b, self.num_points)
         out = {"landmarks": self.to_given_frame(lm)}
         if tasks:  # softmax per task, then one mean over the shifts for all of them
             sizes = [self.config.aux_tasks[t] for t in tasks]
@@ -592,6 +609,15 @@ class _InferencePlan:
     head_names: list[str]  # the output columns of the heads layer, in blocks of head_sizes
     head_sizes: list[int]
     engine: "_C.StackEngine | None"  # all of the above, checked once, in one native call (None: empty plan)
+
+
+def _plain_conv(layer: nn.Module) -> bool:
+    """Stride 1, no padding (and for nn.Conv2d: no dilation, one group, zero padding mode): what the one-call
+    inference path implements."""
+    if isinstance(layer, LocallyConnected2d):
+        return tuple(layer.stride) == (1, 1) and tuple(layer.padding) == (0, 0)
+    return (tuple(layer.stride) == (1, 1) and tuple(layer.padding) == (0, 0) and tuple(layer.dilation) == (1, 1)
+            and layer.groups == 1 and layer.padding_mode == "zeros")
 
 
 def _is_plain_2x2(pool: nn.MaxPool2d) -> bool:

@@ -26,7 +26,7 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
 
 ``lc_conv2d_stack(input, weight, bias, epilogue)``
-    Several locally connected layers (stride 1, no padding) in one call, each with its epilogue (none, |tanh|,
+    Several convolutional layers (locally connected or shared; stride 1, no padding) in one call, each with its epilogue (none, |tanh|,
     or |tanh| and 2x2 max pooling): the ops above called in turn, inference only, CPU only.
 
 ``shift_average(crop, shifts, window, ...)``
@@ -215,7 +215,7 @@ def lc_conv2d_abs_tanh_maxpool2d(
 
 
 #: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes).
-LC_EPILOGUES = {"none": 0, "abs_tanh": 1, "abs_tanh_maxpool2d": 2}
+LC_EPILOGUES = {"none": 0, "abs_tanh": 1, "abs_tanh_maxpool2d": 2, "relu": 3, "relu_maxpool2d": 4}
 
 
 def lc_conv2d_stack(
@@ -224,19 +224,24 @@ def lc_conv2d_stack(
     bias: Sequence[Tensor | None],
     epilogue: Sequence[str],
 ) -> Tensor:
-    """Locally connected layers in turn, in one call; inference only, CPU only.
+    """Convolutional layers in turn, in one call; inference only, CPU only.
 
-    Layer ``i`` is ``lc_conv2d(h, weight[i], bias[i])`` (stride 1, no padding) followed by ``epilogue[i]``:
-    ``"none"``, ``"abs_tanh"`` (:func:`lc_conv2d_abs_tanh`) or ``"abs_tanh_maxpool2d"``
-    (:func:`lc_conv2d_abs_tanh_maxpool2d`); the result is, bit for bit, that of those ops called in turn. One
-    call rather than one per layer: at batch 1 the Python round trip and dispatch of each call cost about as
-    much as a small layer's arithmetic. A fully connected layer is a locally connected one whose single window is
-    the whole map (weight ``[1, 1, C, H, W, F]``), so a whole 5-point TCDCN forward can be one stack.
+    Layer ``i`` is ``lc_conv2d(h, weight[i], bias[i])`` (a 6-D locally connected weight) or
+    ``conv2d(h, weight[i], bias[i])`` (a 4-D spatially shared one), stride 1, no padding, followed by
+    ``epilogue[i]``: ``"none"``, ``"abs_tanh"``, ``"abs_tanh_maxpool2d"`` (|tanh| then 2x2 max pooling), ``"relu"``
+    or ``"relu_maxpool2d"``. Locally connected layers with the first three give, bit for bit, the results of
+    :func:`lc_conv2d`, :func:`lc_conv2d_abs_tanh` and :func:`lc_conv2d_abs_tanh_maxpool2d` called in turn; shared
+    layers run on a register-tiled direct convolution kernel. One call rather than one per layer: at batch 1 the
+    Python round trip and dispatch of each call cost about as much as a small layer's arithmetic. A fully
+    connected layer is a locally connected one whose single window is the whole map (weight
+    ``[1, 1, C, H, W, F]``), so a whole TCDCN forward (5 or 68 points) can be one stack.
 
     Args:
         input: Tensor[N, C_in, H, W], float32 or float64.
-        weight: per layer Tensor[H_out, W_out, C_in, kH, kW, C_out], the input's dtype or float16 (with float32).
-        bias: per layer Tensor[C_out, H_out, W_out] (the input's dtype) or None.
+        weight: per layer Tensor[H_out, W_out, C_in, kH, kW, C_out] (locally connected) or [C_out, C_in, kH, kW]
+            (shared), the input's dtype or float16 (with float32).
+        bias: per layer Tensor[C_out, H_out, W_out] (locally connected) or [C_out] (shared), the input's dtype, or
+            None.
         epilogue: per layer, a key of :data:`LC_EPILOGUES`.
 
     Returns:
@@ -339,6 +344,10 @@ def shift_average(
         fc_weight, fc_bias: the fully connected layer ``[F, C * s * s]``, ``[F]`` (input flattened as ``(c, y, x)``).
         head_weight, head_bias: all heads stacked ``[D, F]``, ``[D]``; rows ``0 .. 2P-1`` are the landmarks'
             ``(u, v)`` pairs in the window frame (``u = (x + 0.5) / window`` at input pixel ``x``).
+            On the CPU the fc and heads may instead come in the locally connected layout, ``[1, 1, C, s, s, F]``
+            and ``[1, 1, F, 1, 1, D]`` (float16 allowed with a float32 crop; biases ``[F]`` or ``[F, 1, 1]``):
+            they then run on the locally connected kernels straight from the feature maps (TCDCN's inference
+            copies, :meth:`tcdcn_ext.model.TCDCN.predict_shift_average`).
         num_points: ``P``.
 
     Returns:
@@ -392,9 +401,12 @@ def _lc_conv2d_stack_fake(input, weight, bias, epilogue):
     torch._check(input.dim() == 4, lambda: f"lc_conv2d_stack: input must be 4-D, got {input.dim()}-D")
     c, h, w = input.shape[1], input.shape[2], input.shape[3]
     for wt, e in zip(weight, epilogue):
-        torch._check(wt.dim() == 6, lambda: f"lc_conv2d_stack: weights must be 6-D, got {wt.dim()}-D")
-        c, h, w = wt.shape[5], wt.shape[0], wt.shape[1]
-        if e == 2:
+        torch._check(wt.dim() in (4, 6), lambda: f"lc_conv2d_stack: weights must be 4-D or 6-D, got {wt.dim()}-D")
+        if wt.dim() == 6:
+            c, h, w = wt.shape[5], wt.shape[0], wt.shape[1]
+        else:
+            c, h, w = wt.shape[0], h - wt.shape[2] + 1, w - wt.shape[3] + 1
+        if e in (2, 4):
             h, w = h // 2, w // 2
     return torch.empty((input.shape[0], c, h, w), dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last)
@@ -422,7 +434,8 @@ def _face_patches_fake(images, image_index, boxes, size, channel_order, standard
 def _shift_average_fake(crop, shifts, window, conv_weight, conv_bias, pool_after, shared_conv, activation, fc_weight,
                         fc_bias, head_weight, head_bias, num_points):
     torch._check(crop.dim() == 4, lambda: f"shift_average: crop must be 4-D, got {crop.dim()}-D")
-    n, k, d = crop.shape[0], len(shifts) // 2, head_weight.shape[0]
+    n, k = crop.shape[0], len(shifts) // 2
+    d = head_weight.shape[0] if head_weight.dim() == 2 else head_weight.shape[-1]
     return crop.new_empty((n, num_points, 2)), crop.new_empty((n, k, d))
 
 

@@ -109,13 +109,34 @@ def test_float64_and_other_architectures_keep_the_module_path():
         m.float()
         assert_outputs_close(m(x), module_path(m, x), 1e-4)
         assert m._plan.weights
-    relu = TCDCN(TCDCNConfig(activation="relu")).eval()
-    shared = TCDCN(TCDCNConfig(shared_conv=True)).eval()
-    for net in (relu, shared):
-        with torch.inference_mode():
-            got = net(x)
-        assert net._plan is not None and not net._plan.weights
-        assert_outputs_close(got, module_path(net, x), 1e-4)
+    reflect = TCDCN(TCDCNConfig(shared_conv=True)).eval()
+    reflect.conv[0].padding_mode = "reflect"  # (no padding, so the same outputs; but not what the path implements)
+    with torch.inference_mode():
+        got = reflect(x)
+    assert reflect._plan is not None and not reflect._plan.weights
+    assert_outputs_close(got, module_path(reflect, x), 1e-4)
+
+
+@pytest.mark.parametrize("config", [TCDCNConfig(activation="relu"), TCDCNConfig(shared_conv=True),
+                                    TCDCNConfig(shared_conv=True, activation="relu", input_size=60, num_points=68,
+                                                channels=(20, 48, 64, 80), kernels=(5, 5, 3, 3),
+                                                pool_after=(True, True, True, False), feature_dim=512, aux_tasks={})],
+                         ids=["relu", "shared", "68pt_shape"])
+@pytest.mark.parametrize("n", [1, 3, 13])
+def test_relu_and_shared_convolutions_take_the_plan(config, n):
+    """ReLU and spatially shared convolutions (the 68-point model) run in the one native call too: shared layers
+    on the direct convolution kernel, whose channel tails (20 = 16 + 4) are masked."""
+    net = TCDCN(config).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # some negative pre-activations, so that relu matters
+    x = torch.randn(n, 1, config.input_size, config.input_size)
+    with torch.inference_mode():
+        got = net(x)
+    assert net._plan.weights and net._plan.engine is not None
+    if config.shared_conv:  # shared layers keep float32 copies (read from cache at every location)
+        assert all(w.dtype == torch.float32 and w.dim() == 4 for w in net._plan.weights[:len(config.channels)])
+    assert_outputs_close(got, module_path(net, x), 1e-4)
 
 
 def test_errors_and_copies():

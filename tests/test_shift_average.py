@@ -254,3 +254,42 @@ def test_shift_patterns():
     assert not DEFAULT_SHIFTS_20.flags.writeable
     with pytest.raises(ValueError, match="unknown shift pattern"):
         make_shifts("spiral")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("half", [False, True])
+def test_fc_and_heads_in_the_locally_connected_layout(shared, half):
+    """On the CPU the op also takes the fc and the heads as locally connected layers ([1, 1, C, s, s, F] and
+    [1, 1, F, 1, 1, D], float16 allowed), run straight from the feature maps: the same as the [F, C*s*s] form."""
+    from tcdcn_ext import _reference
+
+    m = _model(shared, "relu" if shared else "abs_tanh", dtype=torch.float32)
+    layers = [mod for mod in m.conv if hasattr(mod, "weight")]
+    crop = _crop(3, 20, 4, dtype=torch.float32)
+    flat = [v for pair in MIXED for v in pair]
+    c, s = m.config.channels[-1], 2
+    fc_w, head_w = m.fc.weight.detach(), m.landmark_head.weight.detach()
+    if half:
+        fc_w, head_w = fc_w.half().float(), head_w.half().float()
+    lc_fc = ops.lc_weight_from_natural(fc_w.reshape(1, 1, -1, c, s, s))
+    lc_head = ops.lc_weight_from_natural(head_w.reshape(1, 1, -1, head_w.shape[1], 1, 1))
+    if half:
+        lc_fc, lc_head = lc_fc.half(), lc_head.half()
+    common = (crop, flat, 20, [l.weight.detach() for l in layers], [l.bias.detach() for l in layers], [1, 0, 1, 0],
+              shared, m.config.activation)
+    fc_b, head_b = m.fc.bias.detach(), m.landmark_head.bias.detach()
+    with torch.inference_mode():
+        want = torch.ops.tcdcn_ext.shift_average(*common, fc_w, fc_b, head_w, head_b, 5)
+        for biases in ((fc_b, head_b), (fc_b.reshape(-1, 1, 1), head_b.reshape(-1, 1, 1))):
+            got = torch.ops.tcdcn_ext.shift_average(*common, lc_fc, biases[0], lc_head, biases[1], 5)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        ref = _reference.shift_average(*common, lc_fc, fc_b, lc_head, head_b, 5)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        with pytest.raises(RuntimeError, match=r"head_weight must be \[1, 1, F, 1, 1, D\] like fc_weight's layout"):
+            torch.ops.tcdcn_ext.shift_average(*common, lc_fc, fc_b, head_w, head_b, 5)
+        with pytest.raises(RuntimeError, match=r"fc_weight must be \[F, 24\] or \[1, 1, 6, 2, 2, F\]"):
+            torch.ops.tcdcn_ext.shift_average(*common, lc_fc[:, :, :3], fc_b, lc_head, head_b, 5)
+        with pytest.raises(RuntimeError, match=r"fc_bias must be \[12\] or \[F, 1, 1\]"):
+            torch.ops.tcdcn_ext.shift_average(*common, lc_fc, fc_b[:5], lc_head, head_b, 5)

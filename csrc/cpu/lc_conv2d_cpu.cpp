@@ -66,7 +66,7 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
 template <typename F>
 void for_location_ranges(int64_t H_out, int64_t W_out, int64_t work, int epilogue, const F& fn) {
   const int64_t L = H_out * W_out;
-  if (epilogue != 2) {
+  if (epilogue != 2 && epilogue != 4) {
     at::parallel_for(0, L, grain_for(work), fn);
     return;
   }
@@ -247,25 +247,56 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
   at::Tensor in = input;  // layer i's input: metadata only (later layers: a one-element stand-in of its shape)
   for (size_t i = 0; i < weight.size(); ++i) {
     const std::string name = std::string(op) + ": layer " + std::to_string(i);
-    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 2, name, ": epilogue must be 0 (none), 1 (|tanh|) or 2 (|tanh| ",
-                "and 2x2 max pooling), got ", epilogue[i]);
-    const LcShape s = lc_conv2d_shape(in, weight[i], bias[i], unit, none, name.c_str(), /*half_weight_ok=*/true);
-    if (i == 0) {
-      C_ = s.C_in;
-      H_ = s.H;
-      W_ = s.W;
-    }
+    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 4, name, ": epilogue must be 0 (none), 1 (|tanh|), 2 (|tanh| ",
+                "and 2x2 max pooling), 3 (relu) or 4 (relu and 2x2 max pooling), got ", epilogue[i]);
     Layer l{};
-    l.weight = weight[i].contiguous();
     l.epilogue = int(epilogue[i]);
-    l.C_in = s.C_in, l.H = s.H, l.W = s.W, l.C_out = s.C_out, l.H_out = s.H_out, l.W_out = s.W_out;
-    l.kH = s.kH, l.kW = s.kW;
-    if (bias[i].has_value() && bias[i]->defined()) {
+    l.shared = weight[i].dim() == 4;
+    if (l.shared) {
+      // A spatially shared convolution: weight [C_out, C_in, kH, kW], bias [C_out], kept as conv_forward reads them
+      // ([K, C_pad] and [C_pad], zero padding columns; see kernels.h).
+      const at::Tensor& w = weight[i];
+      TORCH_CHECK(in.dim() == 4, name, ": input must be 4-D [N, C, H, W], got shape ", in.sizes());
+      TORCH_CHECK(w.scalar_type() == in.scalar_type() || (w.scalar_type() == at::kHalf && in.scalar_type() == at::kFloat),
+                  name, ": weight dtype ", w.scalar_type(), " does not match input dtype ", in.scalar_type(),
+                  " (a float16 weight needs a float32 input)");
+      TORCH_CHECK(w.device() == in.device(), name, ": weight is on ", w.device(), " but input is on ", in.device());
+      TORCH_CHECK(w.size(1) == in.size(1), name, ": weight [C_out, C_in, kH, kW] = ", w.sizes(), " has C_in = ",
+                  w.size(1), " but the input has ", in.size(1), " channels (shape ", in.sizes(), ")");
+      TORCH_CHECK(w.size(2) >= 1 && w.size(3) >= 1 && w.size(2) <= in.size(2) && w.size(3) <= in.size(3), name,
+                  ": the ", w.size(2), "x", w.size(3), " kernel does not fit the ", in.size(2), "x", in.size(3),
+                  " input");
+      l.C_in = in.size(1), l.H = in.size(2), l.W = in.size(3), l.C_out = w.size(0);
+      l.kH = w.size(2), l.kW = w.size(3), l.H_out = l.H - l.kH + 1, l.W_out = l.W - l.kW + 1;
+      const int64_t cp = cpu::conv_channel_pad(l.C_out);
+      l.weight = at::zeros({l.C_in * l.kH * l.kW, cp}, w.options());
+      l.weight.narrow(1, 0, l.C_out).copy_(w.permute({1, 2, 3, 0}).reshape({-1, l.C_out}));
+      if (bias[i].has_value() && bias[i]->defined()) {
+        const at::Tensor& b = *bias[i];
+        TORCH_CHECK(b.dim() == 1 && b.size(0) == l.C_out, name, ": bias must be [C_out] = [", l.C_out,
+                    "], got shape ", b.sizes());
+        TORCH_CHECK(b.scalar_type() == in.scalar_type() && b.device() == in.device(), name, ": bias must be ",
+                    in.scalar_type(), " on ", in.device(), ", got ", b.scalar_type(), " on ", b.device());
+        l.bias = at::zeros({cp}, b.options());
+        l.bias.narrow(0, 0, l.C_out).copy_(b);
+      }
+    } else {
+      const LcShape s = lc_conv2d_shape(in, weight[i], bias[i], unit, none, name.c_str(), /*half_weight_ok=*/true);
+      l.weight = weight[i].contiguous();
+      l.C_in = s.C_in, l.H = s.H, l.W = s.W, l.C_out = s.C_out, l.H_out = s.H_out, l.W_out = s.W_out;
+      l.kH = s.kH, l.kW = s.kW;
+    }
+    if (i == 0) {
+      C_ = l.C_in;
+      H_ = l.H;
+      W_ = l.W;
+    }
+    if (!l.shared && bias[i].has_value() && bias[i]->defined()) {
       // As [H_out, W_out, C_out] memory, so that a location's channels are one vector load; a bias already laid
       // out so (channels-last strides: TCDCN's inference path keeps its biases so) is kept as it is.
       const at::Tensor& b = *bias[i];
-      const bool hwc = (s.C_out == 1 || b.stride(0) == 1) && (s.W_out == 1 || b.stride(2) == s.C_out) &&
-                       (s.H_out == 1 || b.stride(1) == s.W_out * s.C_out);
+      const bool hwc = (l.C_out == 1 || b.stride(0) == 1) && (l.W_out == 1 || b.stride(2) == l.C_out) &&
+                       (l.H_out == 1 || b.stride(1) == l.W_out * l.C_out);
       l.bias = hwc ? b : b.permute({1, 2, 0}).contiguous().permute({2, 0, 1});
     }
     // Layer 0 reads the input as given (offsets for contiguous NCHW here, redone in run() for other strides);
@@ -276,7 +307,7 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
       tap_offsets(l.C_in, l.kH, l.kW, 1, l.W * l.C_in, l.C_in, l.off);
     layers_.push_back(std::move(l));
     const Layer& b = layers_.back();
-    in = at::empty_strided({s.N, b.C_out, b.out_h(), b.out_w()}, {0, 0, 0, 0}, input.options());
+    in = at::empty_strided({in.size(0), b.C_out, b.out_h(), b.out_w()}, {0, 0, 0, 0}, input.options());
   }
 }
 
@@ -325,16 +356,18 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
           if (l.weight.scalar_type() == at::kHalf) {
             // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
             const uint16_t* wp = reinterpret_cast<const uint16_t*>(l.weight.const_data_ptr<at::Half>());
+            const auto fn = l.shared ? k.conv_forward_half_weight : k.forward_half_weight;
             for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
-              k.forward_half_weight(g, in, wp, bp, dst, l0, l1, ep);
+              fn(g, in, wp, bp, dst, l0, l1, ep);
             });
             in = dst, next = dst + N * l.out_numel();
             continue;
           }
         }
         const scalar_t* wp = l.weight.const_data_ptr<scalar_t>();
+        const auto fn = l.shared ? k.conv_forward : k.forward;
         for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
-          k.forward(g, in, wp, bp, dst, l0, l1, ep);
+          fn(g, in, wp, bp, dst, l0, l1, ep);
         });
       }
       in = dst, next = dst + N * l.out_numel();

@@ -16,8 +16,10 @@ namespace tcdcn::cpu {
 
 class LcStackPlan {
  public:
-  // weight[i]: [H_out, W_out, C_in, kH, kW, C_out] of the input's dtype, or float16 with a float32 input;
-  // bias[i]: [C_out, H_out, W_out] or none; epilogue[i]: 0 (none), 1 (|tanh|), 2 (|tanh| and 2x2 max pooling).
+  // weight[i]: locally connected [H_out, W_out, C_in, kH, kW, C_out] with bias[i] [C_out, H_out, W_out] or none,
+  // or a spatially shared convolution [C_out, C_in, kH, kW] with bias[i] [C_out] or none; of the input's dtype, or
+  // float16 with a float32 input. epilogue[i]: 0 (none), 1 (|tanh|), 2 (|tanh| and 2x2 max pooling), 3 (relu),
+  // 4 (relu and 2x2 max pooling).
   // `input` gives the dtype, device and shape [N, C, H, W] the plan serves (only its metadata is read; N is free).
   // Errors name `op` and the layer. Keeps references to the weights (and channels-last copies of biases that are
   // not laid out so already).
@@ -35,12 +37,15 @@ class LcStackPlan {
 
  private:
   struct Layer {
-    at::Tensor weight, bias;  // bias undefined when none; else [H_out, W_out, C_out] contiguous memory
+    // Locally connected: weight as given, bias undefined or [H_out, W_out, C_out] memory. Shared (a 4-D weight):
+    // weight [K, C_pad] and bias [C_pad], as conv_forward reads them (cpu/simd/kernels.h).
+    at::Tensor weight, bias;
+    bool shared;
     int epilogue;
     int64_t C_in, H, W, C_out, H_out, W_out, kH, kW;
     std::vector<int64_t> off;  // the kernels' in_off table (kernels.h) for the input this layer reads
-    int64_t out_h() const { return epilogue == 2 ? H_out / 2 : H_out; }
-    int64_t out_w() const { return epilogue == 2 ? W_out / 2 : W_out; }
+    int64_t out_h() const { return epilogue == 2 || epilogue == 4 ? H_out / 2 : H_out; }
+    int64_t out_w() const { return epilogue == 2 || epilogue == 4 ? W_out / 2 : W_out; }
     int64_t out_numel() const { return C_out * out_h() * out_w(); }
   };
   std::vector<Layer> layers_;

@@ -1,5 +1,6 @@
 // CPU registration of tcdcn_ext::shift_average: the window gather and the un-shift average (the schedule and
-// the network are in shift_average.cpp; the layers run on the CPU kernels of lc_conv2d / oneDNN).
+// the network are in shift_average.cpp; the layers run on tcdcn_ext's CPU kernels: lc_conv2d's, and the direct
+// convolution for spatially shared layers).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu/lc_stack_plan.h"
 #include "shift_average.h"
 
 namespace tcdcn {
@@ -102,7 +104,15 @@ at::Tensor unshift_average_cpu(const at::Tensor& heads, double shift_u, double s
   return out;
 }
 
-constexpr ShiftAverageKernels kCpuKernels{&windows_cpu, &pool2x2_cpu, &unshift_average_cpu};
+// The shared convolutions on tcdcn_ext's direct convolution kernel (a one-layer LcStackPlan; cpu/simd/kernels.h,
+// conv_forward) with the activation fused: register-tiled and cache-resident, several times faster than
+// at::conv2d on these small maps at batch 1.
+at::Tensor conv_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool abs_tanh) {
+  const int64_t epilogue = abs_tanh ? 1 : 3;
+  return cpu::LcStackPlan({weight}, {bias}, at::IntArrayRef(&epilogue, 1), x, "shift_average").run(x);
+}
+
+constexpr ShiftAverageKernels kCpuKernels{&windows_cpu, &pool2x2_cpu, &unshift_average_cpu, &conv_act_cpu};
 
 std::tuple<at::Tensor, at::Tensor> shift_average_cpu(const at::Tensor& crop, at::IntArrayRef shifts, int64_t window,
                                                      at::TensorList conv_weight, at::TensorList conv_bias,

@@ -31,10 +31,10 @@ struct LcKernels {
   // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
   //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[l, co]
   // w: [L, K, C_out] contiguous; bias: [L, C_out] contiguous (the op's [C_out, H_out, W_out] transposed) or null.
-  // epilogue 0: store; 1: store |tanh(out)|; 2: the 2x2 (floor-mode) max pooling of |tanh(out)| into
-  // [N, H_out/2, W_out/2, C_out] (locations a pooling cell drops are skipped). With epilogue 2 a cell is started by
-  // its first location and finished by its last, so [l0, l1) must hold whole pairs of output rows: l0 a multiple
-  // of 2 * W_out, and l1 too or l1 = L.
+  // epilogue 0: store; 1: store |tanh(out)|; 3: store relu(out); 2 (4): the 2x2 (floor-mode) max pooling of
+  // |tanh(out)| (relu(out)) into [N, H_out/2, W_out/2, C_out] (locations a pooling cell drops are skipped). With
+  // epilogue 2 or 4 a cell is started by its first location and finished by its last, so [l0, l1) must hold whole
+  // pairs of output rows: l0 a multiple of 2 * W_out, and l1 too or l1 = L.
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
                   int epilogue);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
@@ -47,7 +47,20 @@ struct LcKernels {
   // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
   void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,
                               int64_t l1, int epilogue);
+  // Spatially shared convolution, as forward() with one weight matrix for every location:
+  //   out = sum_k in[n, window(l) + in_off[k]] * w[k, co] + bias[co]
+  // w: [K, conv_channel_pad(C_out)] contiguous, k = (ci * kH + kh) * kW + kw (a [C_out, C_in, kH, kW] weight
+  // permuted to (ci, kh, kw, co)), the padding columns zero; bias: [conv_channel_pad(C_out)] or null. Epilogues
+  // and [l0, l1) as forward(); stride g.sH, g.sW.
+  void (*conv_forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
+                       int epilogue);
+  // conv_forward with binary16 weights (T = float only, else null).
+  void (*conv_forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out,
+                                   int64_t l0, int64_t l1, int epilogue);
 };
+
+// conv_forward's weight and bias columns: C_out rounded up to a multiple of 16 (every vector width in floats).
+constexpr int64_t conv_channel_pad(int64_t c_out) { return (c_out + 15) / 16 * 16; }
 
 template <typename T>
 struct AbsTanhKernels {

@@ -12,18 +12,26 @@
 namespace {
 
 // Epilogues of the forward: kPlain stores the sum, kAbsTanh stores |tanh(sum)|, kAbsTanhMaxPool stores the 2x2
-// max pooling of |tanh(sum)| (floor mode; NaN propagates as in torch's max_pool2d). |tanh| increases with |x|, so
-// the max of a cell's |tanh| is |tanh| of its largest |sum|: the cell's first location (even row, even column)
-// stores |sum|, the next two max-accumulate theirs and the last (odd row, odd column) applies |tanh| once: a
-// quarter of the |tanh|s (whose latency a small layer such as TCDCN's first would otherwise expose), and no
+// max pooling of |tanh(sum)| (floor mode; NaN propagates as in torch's max_pool2d); kRelu and kReluMaxPool the same
+// with relu. Both activations increase with their argument's key (|x| for |tanh|, x for relu), so the max of a
+// cell's activations is the activation of its largest key: the cell's first location (even row, even column)
+// stores its key, the next two max-accumulate theirs and the last (odd row, odd column) applies the activation
+// once: a quarter of the |tanh|s (whose latency a small layer such as TCDCN's first would otherwise expose), and no
 // zero-filled output. Locations are visited in increasing order for each face and channel, so the four come in
 // that order.
-enum Epilogue : int { kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2 };
-// Where a location stands in its pooling cell (kAbsTanhMaxPool only).
+enum Epilogue : int { kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2, kRelu = 3, kReluMaxPool = 4 };
+// Where a location stands in its pooling cell (pooled epilogues only).
 enum CellPart : int { kCellFirst = 0, kCellInner = 1, kCellLast = 2 };
 
+inline bool pooled(int mode) { return mode == kAbsTanhMaxPool || mode == kReluMaxPool; }
+
+template <typename V>
+inline V relu_vec(V v) {
+  return ((v > 0) | (v != v)) ? v : V{};  // NaN stays NaN, as torch.relu
+}
+
 template <typename T>
-inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
+__attribute__((always_inline)) inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
   if (mode == kPlain) {
     vstore<T>(dst, v);
     return;
@@ -32,12 +40,17 @@ inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
     vstore<T>(dst, act_vec(v));
     return;
   }
-  v = v < 0 ? -v : v;  // |v| (NaN stays NaN)
+  if (mode == kRelu) {
+    vstore<T>(dst, relu_vec(v));
+    return;
+  }
+  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;  // |v| (NaN stays NaN)
   if (part != kCellFirst) {
     const typename VT<T>::vec o = vload<T>(dst);
     v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
   }
-  vstore<T>(dst, part == kCellLast ? act_vec(v) : v);
+  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? act_vec(v) : relu_vec(v);
+  vstore<T>(dst, v);
 }
 
 template <typename T>
@@ -50,28 +63,53 @@ inline void store_out_scalar(T* dst, T v, int mode, int part) {
     *dst = abs_tanh_scalar(v);
     return;
   }
-  v = v < 0 ? -v : v;
+  if (mode == kRelu) {
+    *dst = (v > T(0) || v != v) ? v : T(0);
+    return;
+  }
+  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;
   if (part != kCellFirst) {
     const T o = *dst;
     v = (o != o) ? o : ((v > o || v != v) ? v : o);
   }
-  *dst = part == kCellLast ? abs_tanh_scalar(v) : v;
+  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? abs_tanh_scalar(v) : ((v > T(0) || v != v) ? v : T(0));
+  *dst = v;
+}
+
+// store_out for the first n lanes of dst only (0 < n < W: a channel tail), with masked loads and stores.
+template <typename T>
+inline void store_out_partial(T* dst, typename VT<T>::vec v, int mode, int part, int n) {
+  if (mode == kPlain) {
+    vstore_n<T>(dst, v, n);
+    return;
+  }
+  if (mode == kAbsTanh || mode == kRelu) {
+    vstore_n<T>(dst, mode == kAbsTanh ? act_vec(v) : relu_vec(v), n);
+    return;
+  }
+  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;
+  if (part != kCellFirst) {
+    const typename VT<T>::vec o = vload_n<T>(dst, n);
+    v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
+  }
+  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? act_vec(v) : relu_vec(v);
+  vstore_n<T>(dst, v, n);
 }
 
 // Output slot of location l: l itself, or its 2x2 pooling cell; dropped_by_pool() tells whether floor-mode pooling
 // drops it, cell_part() where it stands in its cell.
 inline int64_t out_slot(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
-  return mode == kAbsTanhMaxPool ? ((l / g.W_out) / 2) * (g.W_out / 2) + (l % g.W_out) / 2 : l;
+  return pooled(mode) ? ((l / g.W_out) / 2) * (g.W_out / 2) + (l % g.W_out) / 2 : l;
 }
 inline bool dropped_by_pool(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
-  return mode == kAbsTanhMaxPool && ((l / g.W_out) >= 2 * (g.H_out / 2) || (l % g.W_out) >= 2 * (g.W_out / 2));
+  return pooled(mode) && ((l / g.W_out) >= 2 * (g.H_out / 2) || (l % g.W_out) >= 2 * (g.W_out / 2));
 }
 inline int cell_part_at(int64_t i, int64_t j) {
   return (i & 1) ? ((j & 1) ? kCellLast : kCellInner) : ((j & 1) ? kCellInner : kCellFirst);
 }
 inline int cell_part(const tcdcn::cpu::LcGeom& g, int64_t l) { return cell_part_at(l / g.W_out, l % g.W_out); }
 inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
-  return mode == kAbsTanhMaxPool ? (g.H_out / 2) * (g.W_out / 2) : g.L();
+  return pooled(mode) ? (g.H_out / 2) * (g.W_out / 2) : g.L();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -244,7 +282,7 @@ inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW*
                              int64_t n0, int64_t l0, int64_t l1, int64_t c0, int mode) {
   const int64_t K = g.K(), C = g.C_out;
   const int64_t out_stride = out_slots(g, mode) * C;
-  const bool pool = mode == kAbsTanhMaxPool;
+  const bool pool = pooled(mode);
   const int64_t h_keep = pool ? 2 * (g.H_out / 2) : g.H_out, w_keep = pool ? 2 * (g.W_out / 2) : g.W_out;
   const T* in_n = in + n0 * g.in_sN;
   T* out_n = out + n0 * out_stride;
@@ -372,6 +410,120 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* 
         }
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Spatially shared convolution forward (conv_forward in kernels.h): one [K, C_pad] weight matrix for every
+// location, so the weights stay in cache and the kernel is compute-bound: a register tile of R neighbouring
+// locations of one output row x V channel vectors, each weight vector loaded (and widened) once per tile. The
+// weight and bias columns are padded to C_pad (a multiple of every vector width) with zeros, so the channels that
+// do not fill a vector take one more vector whose extra lanes are not stored.
+
+template <typename T, typename TW, int R, int V>
+inline void conv_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, int64_t row_step, const TW* w, int64_t cp,
+                          const T* b, T* dst0, int64_t dst_step_even, int64_t dst_step_odd, int j0, int i, int mode,
+                          int last_lanes) {
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  const int64_t K = g.K();
+  const int64_t* off = g.in_off;
+  vec acc[R][V];
+  for (int v = 0; v < V; ++v) {
+    const vec bv = b ? vload<T>(b + v * W) : vec{};
+    for (int r = 0; r < R; ++r) acc[r][v] = bv;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = wload(w + k * cp + v * W);
+    const int64_t o = off[k];
+    for (int r = 0; r < R; ++r) {
+      const vec x = vbcast<T>(row0[r * row_step + o]);
+      for (int v = 0; v < V; ++v) acc[r][v] += x * wv[v];
+    }
+  }
+  T* dst = dst0;
+  for (int r = 0; r < R; ++r) {
+    const int j = j0 + r;
+    const int part = cell_part_at(i, j);
+    for (int v = 0; v < V; ++v) {
+      if (v + 1 < V || last_lanes == W)
+        store_out<T>(dst + v * W, acc[r][v], mode, part);
+      else if (last_lanes > 0)
+        store_out_partial<T>(dst + v * W, acc[r][v], mode, part, last_lanes);
+    }
+    dst += (j & 1) ? dst_step_odd : dst_step_even;  // pooled: two locations per slot
+  }
+}
+
+// Locations [j0, j0 + n) of output row i, channels [c0, c0 + V * W), n < = R (a dispatch on n).
+template <typename T, typename TW, int R, int V>
+inline void conv_fwd_span(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* w, int64_t cp, const T* b, T* dst,
+                          int64_t de, int64_t dod, int j0, int n, int i, int mode, int last_lanes) {
+  const int64_t step = g.sW * g.in_sW;
+  switch (n) {
+#define TCDCN_SPAN(r)                                                                                          \
+  case r:                                                                                                      \
+    if constexpr (r <= R) conv_fwd_tile<T, TW, (r <= R ? r : 1), V>(g, row0, step, w, cp, b, dst, de, dod, j0, i, mode, last_lanes); \
+    break;
+    TCDCN_SPAN(1) TCDCN_SPAN(2) TCDCN_SPAN(3) TCDCN_SPAN(4) TCDCN_SPAN(5) TCDCN_SPAN(6)
+    TCDCN_SPAN(7) TCDCN_SPAN(8) TCDCN_SPAN(9) TCDCN_SPAN(10) TCDCN_SPAN(11) TCDCN_SPAN(12)
+#undef TCDCN_SPAN
+    default: break;
+  }
+}
+
+// Output channels per pass of conv_forward: up to 4 vectors (rows_for(4) locations per tile).
+constexpr int kConvMaxV = 4;
+
+template <typename T, typename TW, int V>
+void conv_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
+                   int64_t l1, int64_t c0, int mode) {
+  constexpr int W = VT<T>::W;
+  constexpr int R = rows_for(V);
+  const int64_t C = g.C_out, cp = conv_channel_pad(C);
+  const bool pool = pooled(mode);
+  const int64_t h_keep = pool ? 2 * (g.H_out / 2) : g.H_out, w_keep = pool ? 2 * (g.W_out / 2) : g.W_out;
+  const int64_t out_stride = out_slots(g, mode) * C;
+  const int last_lanes = int(C - (c0 + (V - 1) * W) < W ? C - (c0 + (V - 1) * W) : W);
+  // Next output slot after location j: pooled, j even -> the same slot (j + 1 shares its cell), j odd -> next.
+  const int64_t de = pool ? 0 : C, dod = C;
+  for (int64_t n = 0; n < g.N; ++n) {
+    const T* in_n = in + n * g.in_sN;
+    T* out_n = out + n * out_stride;
+    for (int64_t l = l0; l < l1;) {  // [l0, l1) in runs along output rows
+      const int64_t i = l / g.W_out, js = l % g.W_out;
+      const int64_t je = (l1 - i * g.W_out) < g.W_out ? (l1 - i * g.W_out) : g.W_out;
+      l = i * g.W_out + je;
+      if (i >= h_keep) continue;
+      const int64_t jend = je < w_keep ? je : w_keep;
+      for (int64_t j = js; j < jend; j += R) {
+        const int cnt = int(jend - j < R ? jend - j : R);
+        const T* row0 = in_n + i * g.sH * g.in_sH + j * g.sW * g.in_sW;
+        const int64_t slot = pool ? (i / 2) * (g.W_out / 2) + j / 2 : i * g.W_out + j;
+        conv_fwd_span<T, TW, R, V>(g, row0, w + c0, cp, bias ? bias + c0 : nullptr, out_n + slot * C + c0,
+                                   de, dod, int(j), cnt, int(i), mode, last_lanes);
+      }
+    }
+  }
+}
+
+template <typename T, typename TW>
+void conv_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
+                  int64_t l1, int mode) {
+  constexpr int W = VT<T>::W;
+  const int64_t C = g.C_out;
+  const int64_t nvec = (C + W - 1) / W;  // the last one may be partly padding
+  for (int64_t v0 = 0; v0 < nvec;) {
+    const int64_t left = nvec - v0;
+    const int V = left >= kConvMaxV ? kConvMaxV : int(left);
+    switch (V) {
+      case 4: conv_fwd_rows<T, TW, 4>(g, in, w, bias, out, l0, l1, v0 * W, mode); break;
+      case 3: conv_fwd_rows<T, TW, 3>(g, in, w, bias, out, l0, l1, v0 * W, mode); break;
+      case 2: conv_fwd_rows<T, TW, 2>(g, in, w, bias, out, l0, l1, v0 * W, mode); break;
+      default: conv_fwd_rows<T, TW, 1>(g, in, w, bias, out, l0, l1, v0 * W, mode); break;
+    }
+    v0 += V;
   }
 }
 
@@ -548,7 +700,9 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T*
 
 }  // namespace
 
-const LcKernels<float> lc_kernels_f32 = {&lc_forward<float, float>, &lc_backward_weight<float>,
-                                         &lc_backward_input<float>, &lc_forward<float, uint16_t>};
+const LcKernels<float> lc_kernels_f32 = {&lc_forward<float, float>,     &lc_backward_weight<float>,
+                                         &lc_backward_input<float>,    &lc_forward<float, uint16_t>,
+                                         &conv_forward<float, float>,  &conv_forward<float, uint16_t>};
 const LcKernels<double> lc_kernels_f64 = {&lc_forward<double, double>, &lc_backward_weight<double>,
-                                          &lc_backward_input<double>, nullptr};
+                                          &lc_backward_input<double>, nullptr,
+                                          &conv_forward<double, double>, nullptr};

@@ -26,6 +26,59 @@ inline void vstore(T* p, typename VT<T>::vec v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
+// The first n lanes (0 < n <= W) of a vector, loaded (the others zero) or stored (the others left untouched),
+// with the ISA's masked moves: no access past lane n, and no scalar copies that a following vector load would have
+// to wait for (a store-forwarding stall).
+template <typename T>
+inline typename VT<T>::vec vload_n(const T* p, int n) {
+  typedef typename VT<T>::vec vec;
+#if TCDCN_VEC_BYTES == 64
+  const unsigned m = (n >= VT<T>::W) ? ~0u : ((1u << n) - 1u);
+  if constexpr (sizeof(T) == 4)
+    return __builtin_ia32_loadups512_mask(p, vec{}, (unsigned short)m);
+  else
+    return __builtin_ia32_loadupd512_mask(p, vec{}, (unsigned char)m);
+#elif TCDCN_VEC_BYTES == 32
+  typedef int32_t i32x8 __attribute__((vector_size(32)));
+  typedef int64_t i64x4 __attribute__((vector_size(32)));
+  if constexpr (sizeof(T) == 4) {
+    const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    return __builtin_ia32_maskloadps256(reinterpret_cast<const vec*>(p), lane < n);
+  } else {
+    const i64x4 lane = {0, 1, 2, 3};
+    return __builtin_ia32_maskloadpd256(reinterpret_cast<const vec*>(p), lane < int64_t(n));
+  }
+#else
+  (void)n;
+  return vload<T>(p);  // one lane
+#endif
+}
+
+template <typename T>
+inline void vstore_n(T* p, typename VT<T>::vec v, int n) {
+  typedef typename VT<T>::vec vec;
+#if TCDCN_VEC_BYTES == 64
+  const unsigned m = (n >= VT<T>::W) ? ~0u : ((1u << n) - 1u);
+  if constexpr (sizeof(T) == 4)
+    __builtin_ia32_storeups512_mask(p, v, (unsigned short)m);
+  else
+    __builtin_ia32_storeupd512_mask(p, v, (unsigned char)m);
+#elif TCDCN_VEC_BYTES == 32
+  typedef int32_t i32x8 __attribute__((vector_size(32)));
+  typedef int64_t i64x4 __attribute__((vector_size(32)));
+  if constexpr (sizeof(T) == 4) {
+    const i32x8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    __builtin_ia32_maskstoreps256(reinterpret_cast<vec*>(p), lane < n, v);
+  } else {
+    const i64x4 lane = {0, 1, 2, 3};
+    __builtin_ia32_maskstorepd256(reinterpret_cast<vec*>(p), lane < int64_t(n), v);
+  }
+#else
+  (void)n;
+  vstore<T>(p, v);
+#endif
+}
+
 // Broadcast. Written as `x - 0` because that is an IEEE identity (even for -0 and NaN) which compilers fold into
 // a single vbroadcast, from memory when x is a load; `0 + x` is not (0 + -0 = +0) and costs a scalar add on an
 // FMA port before every broadcast, and an element-wise fill loop compiles to masked inserts.
