@@ -89,6 +89,8 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
   int64_t side = S;
   for (size_t l = 0; l < conv_weight.size(); ++l) {
     const int64_t kh = conv_weight[l].size(2);
+    const std::function<at::Tensor(const at::Tensor&)> conv =
+        kernels.conv_act ? kernels.conv_act(conv_weight[l], conv_bias[l], abs_tanh) : nullptr;
     // Groups whose regions have the same size run as one batch (deeper layers: many small groups).
     std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> by_size;
     std::vector<at::Tensor> regions(groups.size());
@@ -107,8 +109,7 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
       std::vector<at::Tensor> batch;
       for (size_t gi : members) batch.push_back(regions[gi]);
       const at::Tensor x = members.size() == 1 ? batch[0] : at::cat(batch);
-      at::Tensor y = kernels.conv_act ? kernels.conv_act(x, conv_weight[l], conv_bias[l], abs_tanh)
-                                      : activate(at::conv2d(x, conv_weight[l], conv_bias[l]), abs_tanh);
+      at::Tensor y = conv ? conv(x) : activate(at::conv2d(x, conv_weight[l], conv_bias[l]), abs_tanh);
       for (size_t j = 0; j < members.size(); ++j) groups[members[j]].map = y.narrow(0, int64_t(j) * N, N);
     }
     side = side - kh + 1;

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -31,9 +32,10 @@ struct ShiftAverageKernels {
   // passes the mean shift in window units, (mean_k dx_k / S, mean_k dy_k / S).
   at::Tensor (*unshift_average)(const at::Tensor& heads, double shift_u, double shift_v, int64_t P);
   // A spatially shared convolution (stride 1, unpadded; weight [C_out, C_in, k, k], bias [C_out]) and its
-  // activation (|tanh| or relu) on x [N, C_in, H, W] (any strides); null: at::conv2d and the activation op.
-  at::Tensor (*conv_act)(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool abs_tanh) =
-      nullptr;
+  // activation (|tanh| or relu), prepared once per layer: the returned function applies it to x [N, C_in, H, W]
+  // (any strides, any H and W the kernel fits). Null: at::conv2d and the activation op.
+  std::function<at::Tensor(const at::Tensor&)> (*conv_act)(const at::Tensor& weight, const at::Tensor& bias,
+                                                           bool abs_tanh) = nullptr;
 };
 
 std::tuple<at::Tensor, at::Tensor> shift_average_forward(

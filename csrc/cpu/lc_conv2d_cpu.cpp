@@ -311,6 +311,28 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
   }
 }
 
+LcStackPlan LcStackPlan::for_input(const at::Tensor& x, const char* op) const {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == C_ && x.scalar_type() == dtype_ && x.device().is_cpu(), op,
+              ": input must be a CPU ", dtype_, " [N, ", C_, ", H, W] tensor, got ", x.scalar_type(), " ", x.sizes(),
+              " on ", x.device());
+  LcStackPlan p = *this;
+  p.H_ = x.size(2), p.W_ = x.size(3);
+  int64_t h = p.H_, w = p.W_;
+  for (size_t i = 0; i < p.layers_.size(); ++i) {
+    Layer& l = p.layers_[i];
+    TORCH_CHECK(l.shared, op, ": layer ", i, " is locally connected: its weights are for one input size only");
+    TORCH_CHECK(h >= l.kH && w >= l.kW, op, ": layer ", i, ": the ", l.kH, "x", l.kW, " kernel does not fit the ",
+                h, "x", w, " input");
+    l.H = h, l.W = w, l.H_out = h - l.kH + 1, l.W_out = w - l.kW + 1;
+    if (i == 0)
+      tap_offsets(l.C_in, l.kH, l.kW, l.H * l.W, l.W, 1, l.off);
+    else
+      tap_offsets(l.C_in, l.kH, l.kW, 1, l.W * l.C_in, l.C_in, l.off);
+    h = l.out_h(), w = l.out_w();
+  }
+  return p;
+}
+
 bool LcStackPlan::serves(const at::Tensor& x) const {
   return x.scalar_type() == dtype_ && x.device().is_cpu() && x.dim() == 4 && x.size(1) == C_ && x.size(2) == H_ &&
          x.size(3) == W_ && !x.is_neg() && !x.is_conj();

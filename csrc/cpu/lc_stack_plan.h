@@ -26,6 +26,10 @@ class LcStackPlan {
   LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
               at::IntArrayRef epilogue, const at::Tensor& input, const char* op);
 
+  // The same layers, for inputs of x's height and width (x's channels and dtype must be the plan's): every layer
+  // must be a spatially shared one, whose prepared weights are reused as they are (no re-layout).
+  LcStackPlan for_input(const at::Tensor& x, const char* op) const;
+
   // Whether run() takes x: the plan's dtype, CPU, [N, C, H, W] of its C, H, W (any N, any strides).
   bool serves(const at::Tensor& x) const;
   // The stack's output for x (serves(x) must hold): [N, C_out, H_out, W_out] of the last layer, channels-last.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "cpu/lc_stack_plan.h"
 #include "shift_average.h"
@@ -107,9 +108,17 @@ at::Tensor unshift_average_cpu(const at::Tensor& heads, double shift_u, double s
 // The shared convolutions on tcdcn_ext's direct convolution kernel (a one-layer LcStackPlan; cpu/simd/kernels.h,
 // conv_forward) with the activation fused: register-tiled and cache-resident, several times faster than
 // at::conv2d on these small maps at batch 1.
-at::Tensor conv_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, bool abs_tanh) {
+// The weights are laid out once per layer (a plan for the smallest input the kernel fits), then each region runs
+// on that plan re-sized to it.
+std::function<at::Tensor(const at::Tensor&)> conv_act_cpu(const at::Tensor& weight, const at::Tensor& bias,
+                                                          bool abs_tanh) {
   const int64_t epilogue = abs_tanh ? 1 : 3;
-  return cpu::LcStackPlan({weight}, {bias}, at::IntArrayRef(&epilogue, 1), x, "shift_average").run(x);
+  const at::Tensor probe = at::empty_strided({0, weight.size(1), weight.size(2), weight.size(3)}, {0, 0, 0, 0},
+                                             bias.options());
+  auto plan = std::make_shared<const cpu::LcStackPlan>(std::vector<at::Tensor>{weight},
+                                                       std::vector<std::optional<at::Tensor>>{bias},
+                                                       at::IntArrayRef(&epilogue, 1), probe, "shift_average");
+  return [plan](const at::Tensor& x) { return plan->for_input(x, "shift_average").run(x); };
 }
 
 constexpr ShiftAverageKernels kCpuKernels{&windows_cpu, &pool2x2_cpu, &unshift_average_cpu, &conv_act_cpu};
