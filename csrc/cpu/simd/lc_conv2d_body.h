@@ -131,7 +131,7 @@ inline double wscalar(double w) { return w; }
 inline float wscalar(uint16_t w) { return f16_to_float(w); }
 
 template <typename T, typename TW, int R, int V>
-inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* btile, T* out0,
+inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl, const T* btile, T* out0,
                         int64_t out_stride, int mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
@@ -145,9 +145,11 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
   for (int64_t k = 0; k < K; ++k) {
     vec wv[V];
     for (int v = 0; v < V; ++v) wv[v] = wload(wl + k * C + v * W);
-    const int64_t o = off[k];
-    for (int r = 0; r < R; ++r) {
-      const vec x = vbcast<T>(rows[r][o]);
+    // The R faces' taps, one face stride apart: a pointer walked down the tile rather than R row pointers,
+    // which run out of general registers and reload from the stack for every broadcast.
+    const T* p = row0 + off[k];
+    for (int r = 0; r < R; ++r, p += g.in_sN) {
+      const vec x = vbcast<T>(*p);
       for (int v = 0; v < V; ++v) acc[r][v] += x * wv[v];
     }
   }
@@ -163,9 +165,7 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* const* rows, const
 template <typename T, typename TW, int R, int V>
 inline void lc_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
                         T* out0, int64_t out_stride, int64_t n, int mode, int part) {
-  const T* rows[R];
-  for (int r = 0; r < R; ++r) rows[r] = in + (n + r) * g.in_sN + base;
-  lc_fwd_tile<T, TW, R, V>(g, rows, wl, btile, out0 + n * out_stride, out_stride, mode, part);
+  lc_fwd_tile<T, TW, R, V>(g, in + n * g.in_sN + base, wl, btile, out0 + n * out_stride, out_stride, mode, part);
 }
 
 template <typename T, typename TW, int V>
