@@ -747,9 +747,9 @@ class Aligner:
                     pass
         pts, probs = self._predict(pairs, self.averaged)
         n = len(pairs)
-        landmarks = [pts[f].copy() for f in range(n)]
-        for lm in landmarks:
-            lm.setflags(write=False)
+        pts = np.ascontiguousarray(pts)  # (its own array: the faces' landmarks are read-only rows of it)
+        pts.setflags(write=False)
+        landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
         faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(_AttributeTable(probs), n),

@@ -80,7 +80,10 @@ def make_shifts(pattern: str = "rings", radius: float = 3.0, n: int = 20) -> np.
 
 #: The default 20 shifts for spatially shared convolutions (the 68-point model), ``make_shifts("rings", 4)``:
 #: 8 shifts on a circle of 2 px and 12 on a circle of 4 px of the 60 x 60 input (about 3 % and 7 % of the given
-#: box). Best of 3 patterns x 6 radii on the 121 held-out 300w/train faces (docs/RESULTS_68pt.md).
+#: box). Best of 3 patterns x 6 radii on the 121 held-out 300w/train faces (docs/RESULTS_68pt.md). Its odd shifts
+#: split the shared convolutions by pooling phase (four regions for the 48-channel layer after the first pooling),
+#: so it costs about twice what an even-only pattern does; ``make_shifts("grid", 2)`` is that faster choice, at
+#: +0.04 points of validation error (docs/RESULTS_68pt.md, "Cost of the pattern").
 DEFAULT_SHIFTS_20: np.ndarray = make_shifts("rings", 4.0)
 DEFAULT_SHIFTS_20.setflags(write=False)
 
