@@ -88,8 +88,9 @@ class TensorWatch {
 };
 
 // TCDCN's CPU inference path (model.py) as one object: an LcStackPlan of the whole network (the last layer the
-// stacked heads, a 1 x 1 map), the heads' column counts, and a TensorWatch on the parameters the plan's weights were
-// made from. stacked(x) / heads(x) return None where the plan does not serve x (dtype, device, shape) or the
+// stacked heads, a 1 x 1 map), the heads' column counts (and names, the landmark block's shape, which blocks are
+// class logits), and a TensorWatch on the parameters the plan's weights were made from. Every call (stacked,
+// probabilities, heads, outputs) returns None where the plan does not serve x (dtype, device, shape) or the
 // parameters changed since (the caller then rebuilds it or takes the module path, which names what is wrong); the
 // kernels run with the GIL released.
 class StackEngine {
@@ -239,7 +240,7 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<std::vector<at::Tensor>>())
       .def("changed", &TensorWatch::changed);
   py::class_<StackEngine>(m, "StackEngine",
-                          "A checked stack of locally connected layers run in one call: TCDCN's CPU inference path.")
+                          "A checked stack of convolutional layers run in one call: TCDCN's CPU inference path.")
       .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
                     const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>,
                     std::vector<std::string>, std::vector<int64_t>, std::vector<bool>>(),
