@@ -30,6 +30,23 @@ at::Tensor pad_input(const at::Tensor& input, const LcShape& s) {
   return at::constant_pad_nd(input, {s.pW, s.pW, s.pH, s.pH}, 0);
 }
 
+// The kernels' in_off table for an input with element strides (sC, sH, sW): tap k = (ci * kH + kh) * kW + kw.
+void tap_offsets(int64_t C_in, int64_t kH, int64_t kW, int64_t sC, int64_t sH, int64_t sW, std::vector<int64_t>& off) {
+  off.resize(C_in * kH * kW);
+  for (int64_t ci = 0, k = 0; ci < C_in; ++ci)
+    for (int64_t kh = 0; kh < kH; ++kh)
+      for (int64_t kw = 0; kw < kW; ++kw, ++k) off[k] = ci * sC + kh * sH + kw * sW;
+}
+
+// A locally connected bias [C_out, H_out, W_out] with [H_out, W_out, C_out] memory, so that a location's channels
+// are one vector load: the bias itself when it is laid out so already (channels-last strides; TCDCN's inference
+// path keeps its biases so, and at batch 1 even a copy costs), else a copy.
+at::Tensor bias_hwc(const at::Tensor& b, int64_t C_out, int64_t H_out, int64_t W_out) {
+  const bool hwc = (C_out == 1 || b.stride(0) == 1) && (W_out == 1 || b.stride(2) == C_out) &&
+                   (H_out == 1 || b.stride(1) == W_out * C_out);
+  return hwc ? b : b.permute({1, 2, 0}).contiguous().permute({2, 0, 1});
+}
+
 // Geometry for the kernels; `off` and `gi_off` own the tap-offset tables that `g` points to.
 LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& off, std::vector<int64_t>& gi_off) {
   LcGeom g{};
@@ -48,11 +65,8 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
   g.in_sC = x.stride(1);
   g.in_sH = x.stride(2);
   g.in_sW = x.stride(3);
-  off.resize(s.K());
+  tap_offsets(s.C_in, s.kH, s.kW, g.in_sC, g.in_sH, g.in_sW, off);
   gi_off.resize(s.kH * s.kW);
-  for (int64_t ci = 0, k = 0; ci < s.C_in; ++ci)
-    for (int64_t kh = 0; kh < s.kH; ++kh)
-      for (int64_t kw = 0; kw < s.kW; ++kw, ++k) off[k] = ci * g.in_sC + kh * g.in_sH + kw * g.in_sW;
   for (int64_t kh = 0, t = 0; kh < s.kH; ++kh)
     for (int64_t kw = 0; kw < s.kW; ++kw, ++t) gi_off[t] = (kh * g.W + kw) * s.C_in;
   g.in_off = off.data();
@@ -97,16 +111,7 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
   const at::Tensor x = pad_input(input, s);
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
-  // Bias as [H_out, W_out, C_out] so a location's channels are one vector load. A bias already laid out so
-  // (channels-last strides; TCDCN's inference path keeps its biases so) is read in place: at batch 1 even a
-  // view costs.
-  at::Tensor b;
-  if (has_bias) {
-    const at::Tensor& bb = *bias;
-    const bool hwc = (s.C_out == 1 || bb.stride(0) == 1) && (s.W_out == 1 || bb.stride(2) == s.C_out) &&
-                     (s.H_out == 1 || bb.stride(1) == s.W_out * s.C_out);
-    b = hwc ? bb : bb.permute({1, 2, 0}).contiguous();
-  }
+  const at::Tensor b = has_bias ? bias_hwc(*bias, s.C_out, s.H_out, s.W_out) : at::Tensor();
   std::vector<int64_t> off, gi_off;
   const LcGeom g = make_geom(s, x, off, gi_off);
   if (weight.scalar_type() == at::kHalf) {  // input is float32 (lc_conv2d_shape)
@@ -224,17 +229,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
 }  // namespace
 
 namespace cpu {
-namespace {
-
-// in_off of a layer whose input has element strides (sC, sH, sW): tap k = (ci * kH + kh) * kW + kw.
-void tap_offsets(int64_t C_in, int64_t kH, int64_t kW, int64_t sC, int64_t sH, int64_t sW, std::vector<int64_t>& off) {
-  off.resize(C_in * kH * kW);
-  for (int64_t ci = 0, k = 0; ci < C_in; ++ci)
-    for (int64_t kh = 0; kh < kH; ++kh)
-      for (int64_t kw = 0; kw < kW; ++kw, ++k) off[k] = ci * sC + kh * sH + kw * sW;
-}
-
-}  // namespace
 
 LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
                          at::IntArrayRef epilogue, const at::Tensor& input, const char* op)
@@ -291,20 +285,8 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
       H_ = l.H;
       W_ = l.W;
     }
-    if (!l.shared && bias[i].has_value() && bias[i]->defined()) {
-      // As [H_out, W_out, C_out] memory, so that a location's channels are one vector load; a bias already laid
-      // out so (channels-last strides: TCDCN's inference path keeps its biases so) is kept as it is.
-      const at::Tensor& b = *bias[i];
-      const bool hwc = (l.C_out == 1 || b.stride(0) == 1) && (l.W_out == 1 || b.stride(2) == l.C_out) &&
-                       (l.H_out == 1 || b.stride(1) == l.W_out * l.C_out);
-      l.bias = hwc ? b : b.permute({1, 2, 0}).contiguous().permute({2, 0, 1});
-    }
-    // Layer 0 reads the input as given (offsets for contiguous NCHW here, redone in run() for other strides);
-    // later layers read the previous layer's channels-last output.
-    if (i == 0)
-      tap_offsets(l.C_in, l.kH, l.kW, l.H * l.W, l.W, 1, l.off);
-    else
-      tap_offsets(l.C_in, l.kH, l.kW, 1, l.W * l.C_in, l.C_in, l.off);
+    if (!l.shared && bias[i].has_value() && bias[i]->defined()) l.bias = bias_hwc(*bias[i], l.C_out, l.H_out, l.W_out);
+    l.set_offsets(i == 0);
     layers_.push_back(std::move(l));
     const Layer& b = layers_.back();
     in = at::empty_strided({in.size(0), b.C_out, b.out_h(), b.out_w()}, {0, 0, 0, 0}, input.options());
@@ -324,13 +306,19 @@ LcStackPlan LcStackPlan::for_input(const at::Tensor& x, const char* op) const {
     TORCH_CHECK(h >= l.kH && w >= l.kW, op, ": layer ", i, ": the ", l.kH, "x", l.kW, " kernel does not fit the ",
                 h, "x", w, " input");
     l.H = h, l.W = w, l.H_out = h - l.kH + 1, l.W_out = w - l.kW + 1;
-    if (i == 0)
-      tap_offsets(l.C_in, l.kH, l.kW, l.H * l.W, l.W, 1, l.off);
-    else
-      tap_offsets(l.C_in, l.kH, l.kW, 1, l.W * l.C_in, l.C_in, l.off);
+    l.set_offsets(i == 0);
     h = l.out_h(), w = l.out_w();
   }
   return p;
+}
+
+// Layer 0 reads the input as given (offsets for contiguous NCHW here, redone in run() for other strides); later
+// layers read the previous layer's channels-last output.
+void LcStackPlan::Layer::set_offsets(bool first) {
+  if (first)
+    tap_offsets(C_in, kH, kW, H * W, W, 1, off);
+  else
+    tap_offsets(C_in, kH, kW, 1, W * C_in, C_in, off);
 }
 
 bool LcStackPlan::serves(const at::Tensor& x) const {
@@ -373,24 +361,19 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
         }
         const scalar_t* bp = l.bias.defined() ? l.bias.const_data_ptr<scalar_t>() : nullptr;
         const int ep = l.epilogue;
-        const int64_t work = N * l.C_in * l.kH * l.kW * l.C_out;
+        const auto launch = [&](auto fn, auto wp) {
+          for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep,
+                              [&](int64_t l0, int64_t l1) { fn(g, in, wp, bp, dst, l0, l1, ep); });
+        };
+        bool half = false;
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if (l.weight.scalar_type() == at::kHalf) {
+          if ((half = l.weight.scalar_type() == at::kHalf)) {
             // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
-            const uint16_t* wp = reinterpret_cast<const uint16_t*>(l.weight.const_data_ptr<at::Half>());
-            const auto fn = l.shared ? k.conv_forward_half_weight : k.forward_half_weight;
-            for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
-              fn(g, in, wp, bp, dst, l0, l1, ep);
-            });
-            in = dst, next = dst + N * l.out_numel();
-            continue;
+            launch(l.shared ? k.conv_forward_half_weight : k.forward_half_weight,
+                   reinterpret_cast<const uint16_t*>(l.weight.const_data_ptr<at::Half>()));
           }
         }
-        const scalar_t* wp = l.weight.const_data_ptr<scalar_t>();
-        const auto fn = l.shared ? k.conv_forward : k.forward;
-        for_location_ranges(l.H_out, l.W_out, work, ep, [&](int64_t l0, int64_t l1) {
-          fn(g, in, wp, bp, dst, l0, l1, ep);
-        });
+        if (!half) launch(l.shared ? k.conv_forward : k.forward, l.weight.const_data_ptr<scalar_t>());
       }
       in = dst, next = dst + N * l.out_numel();
     }

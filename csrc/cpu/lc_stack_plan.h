@@ -48,6 +48,7 @@ class LcStackPlan {
     int epilogue;
     int64_t C_in, H, W, C_out, H_out, W_out, kH, kW;
     std::vector<int64_t> off;  // the kernels' in_off table (kernels.h) for the input this layer reads
+    void set_offsets(bool first);  // off for this geometry (the first layer: an NCHW input)
     int64_t out_h() const { return epilogue == 2 || epilogue == 4 ? H_out / 2 : H_out; }
     int64_t out_w() const { return epilogue == 2 || epilogue == 4 ? W_out / 2 : W_out; }
     int64_t out_numel() const { return C_out * out_h() * out_w(); }

@@ -30,27 +30,41 @@ inline V relu_vec(V v) {
   return ((v > 0) | (v != v)) ? v : V{};  // NaN stays NaN, as torch.relu
 }
 
+// The first n lanes of dst (n = W: the whole vector; n < W: a channel tail, with masked loads and stores).
 template <typename T>
-__attribute__((always_inline)) inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
+__attribute__((always_inline)) inline void store_out_n(T* dst, typename VT<T>::vec v, int mode, int part, int n) {
+  typedef typename VT<T>::vec vec;
+  const auto load = [&] { return n == VT<T>::W ? vload<T>(dst) : vload_n<T>(dst, n); };
+  const auto store = [&](vec x) {
+    if (n == VT<T>::W)
+      vstore<T>(dst, x);
+    else
+      vstore_n<T>(dst, x, n);
+  };
   if (mode == kPlain) {
-    vstore<T>(dst, v);
+    store(v);
     return;
   }
   if (mode == kAbsTanh) {
-    vstore<T>(dst, act_vec(v));
+    store(act_vec(v));
     return;
   }
   if (mode == kRelu) {
-    vstore<T>(dst, relu_vec(v));
+    store(relu_vec(v));
     return;
   }
   if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;  // |v| (NaN stays NaN)
   if (part != kCellFirst) {
-    const typename VT<T>::vec o = vload<T>(dst);
+    const vec o = load();
     v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
   }
   if (part == kCellLast) v = mode == kAbsTanhMaxPool ? act_vec(v) : relu_vec(v);
-  vstore<T>(dst, v);
+  store(v);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
+  store_out_n<T>(dst, v, mode, part, VT<T>::W);
 }
 
 template <typename T>
@@ -74,26 +88,6 @@ inline void store_out_scalar(T* dst, T v, int mode, int part) {
   }
   if (part == kCellLast) v = mode == kAbsTanhMaxPool ? abs_tanh_scalar(v) : ((v > T(0) || v != v) ? v : T(0));
   *dst = v;
-}
-
-// store_out for the first n lanes of dst only (0 < n < W: a channel tail), with masked loads and stores.
-template <typename T>
-inline void store_out_partial(T* dst, typename VT<T>::vec v, int mode, int part, int n) {
-  if (mode == kPlain) {
-    vstore_n<T>(dst, v, n);
-    return;
-  }
-  if (mode == kAbsTanh || mode == kRelu) {
-    vstore_n<T>(dst, mode == kAbsTanh ? act_vec(v) : relu_vec(v), n);
-    return;
-  }
-  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;
-  if (part != kCellFirst) {
-    const typename VT<T>::vec o = vload_n<T>(dst, n);
-    v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
-  }
-  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? act_vec(v) : relu_vec(v);
-  vstore_n<T>(dst, v, n);
 }
 
 // Output slot of location l: l itself, or its 2x2 pooling cell; dropped_by_pool() tells whether floor-mode pooling
@@ -446,12 +440,7 @@ inline void conv_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, int64_t ro
   for (int r = 0; r < R; ++r) {
     const int j = j0 + r;
     const int part = cell_part_at(i, j);
-    for (int v = 0; v < V; ++v) {
-      if (v + 1 < V || last_lanes == W)
-        store_out<T>(dst + v * W, acc[r][v], mode, part);
-      else if (last_lanes > 0)
-        store_out_partial<T>(dst + v * W, acc[r][v], mode, part, last_lanes);
-    }
+    for (int v = 0; v < V; ++v) store_out_n<T>(dst + v * W, acc[r][v], mode, part, v + 1 < V ? W : last_lanes);
     dst += (j & 1) ? dst_step_odd : dst_step_even;  // pooled: two locations per slot
   }
 }
