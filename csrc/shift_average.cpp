@@ -155,7 +155,6 @@ at::Tensor shared_features(const ShiftAverageKernels& kernels, const at::Tensor&
 at::Tensor local_features(const ShiftAverageKernels& kernels, const at::Tensor& crop,
                           const std::vector<ShiftWindow>& win, int64_t S, at::TensorList conv_weight,
                           at::TensorList conv_bias, at::IntArrayRef pool_after, bool abs_tanh) {
-  const int64_t N = crop.size(0), K = int64_t(win.size());
   at::Tensor h = kernels.windows(crop, win, S);  // [N * K, 1, S, S]
   const std::vector<int64_t> one{1, 1}, zero{0, 0};
   // The CPU has a kernel that also does the |tanh| and the 2x2 pooling in the same pass.
@@ -173,12 +172,18 @@ at::Tensor local_features(const ShiftAverageKernels& kernels, const at::Tensor& 
     }
     if (pool_after[l]) h = kernels.pool2x2(h, 0, 0, h.size(2) / 2, h.size(3) / 2);
   }
-  (void)N;
-  (void)K;
   return h;
 }
 
 }  // namespace
+
+at::Tensor pool2x2_output(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w) {
+  TORCH_CHECK(y0 >= 0 && x0 >= 0 && y0 + 2 * h <= map.size(2) && x0 + 2 * w <= map.size(3),
+              "shift_average: internal error: pooling cells outside the map");
+  const bool cl = map.stride(1) == 1 && map.size(1) > 1;
+  return at::empty({map.size(0), map.size(1), h, w},
+                   map.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
 
 std::tuple<at::Tensor, at::Tensor> shift_average_forward(
     const ShiftAverageKernels& kernels, const at::Tensor& crop, at::IntArrayRef shifts, int64_t window,

@@ -38,6 +38,10 @@ struct ShiftAverageKernels {
                                                            bool abs_tanh) = nullptr;
 };
 
+// The output of ShiftAverageKernels::pool2x2 (checked cells, [N, C, h, w] in the map's memory format), shared by
+// the devices' implementations.
+at::Tensor pool2x2_output(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w);
+
 std::tuple<at::Tensor, at::Tensor> shift_average_forward(
     const ShiftAverageKernels& kernels, const at::Tensor& crop, at::IntArrayRef shifts, int64_t window,
     at::TensorList conv_weight, at::TensorList conv_bias, at::IntArrayRef pool_after, bool shared_conv,

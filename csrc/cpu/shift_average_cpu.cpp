@@ -48,11 +48,8 @@ inline T max_nan(T a, T b) {
 
 at::Tensor pool2x2_cpu(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w) {
   const int64_t N = map.size(0), C = map.size(1);
-  TORCH_CHECK(y0 >= 0 && x0 >= 0 && y0 + 2 * h <= map.size(2) && x0 + 2 * w <= map.size(3),
-              "shift_average: internal error: pooling cells outside the map");
-  const bool cl = map.stride(1) == 1 && C > 1;
-  at::Tensor out = at::empty({N, C, h, w}, map.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
-                                                                           : at::MemoryFormat::Contiguous));
+  at::Tensor out = pool2x2_output(map, y0, x0, h, w);
+  const bool cl = map.stride(1) == 1 && C > 1;  // pool2x2_output made out channels-last too
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(map.scalar_type(), "shift_average_pool2x2", [&] {
     const scalar_t* src = map.const_data_ptr<scalar_t>();

@@ -92,11 +92,8 @@ __global__ void __launch_bounds__(kThreads) pool2x2_kernel(const T* __restrict__
 at::Tensor pool2x2_cuda(const at::Tensor& map, int64_t y0, int64_t x0, int64_t h, int64_t w) {
   const c10::cuda::CUDAGuard guard(map.device());
   const int64_t N = map.size(0), C = map.size(1);
-  TORCH_CHECK(y0 >= 0 && x0 >= 0 && y0 + 2 * h <= map.size(2) && x0 + 2 * w <= map.size(3),
-              "shift_average: internal error: pooling cells outside the map");
-  const bool cl = map.stride(1) == 1 && C > 1;
-  at::Tensor out = at::empty({N, C, h, w}, map.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
-                                                                           : at::MemoryFormat::Contiguous));
+  at::Tensor out = pool2x2_output(map, y0, x0, h, w);
+  const bool cl = map.stride(1) == 1 && C > 1;  // pool2x2_output made out channels-last too
   const int64_t total = out.numel();
   if (total == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
