@@ -715,12 +715,7 @@ class Aligner:
             uv = np.concatenate([o[0] for o in outs])
             probs = {t: np.concatenate([o[1][t] for o in outs]) for t in self.attribute_tasks}
         # Plain passes come back in the frame of the box the network saw; averaged ones in the given box's frame.
-        frame = given if averaged else seen
-        if len(uv) <= 4:  # a few faces: Python floats (float64, as data.from_box_frame) beat its numpy calls
-            pts = [[[x0 + u * (x1 - x0), y0 + v * (y1 - y0)] for u, v in face]
-                   for face, (x0, y0, x1, y1) in zip(uv.tolist(), frame.tolist())]
-            return np.array(pts, np.float32).reshape(uv.shape), probs
-        return data.from_box_frame(uv, frame), probs
+        return data.from_box_frame(uv, given if averaged else seen), probs
 
     def _forward_averaged(self, crop: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """TCDCN-Averaged on standardised crops with a margin: landmarks ``[N, P, 2]`` in the given box's frame and

@@ -358,22 +358,10 @@ class TCDCN(nn.Module):
 
     def _planned(self, x: Tensor, what: str) -> Any:
         """The CPU inference path's ``what`` (an engine method: ``"outputs"``, forward()'s dict; ``"stacked"`` or
-        ``"probabilities"``, ``[N, D]``) for x, the
-        caller having checked eval mode and no gradients; None where the path does not serve x. The plan's engine
-        answers None itself when x is not a float32 CPU ``[N, 1, S, S]`` or a parameter changed since the plan was
-        made: the plan is then rebuilt once (or x left to the module path, which names what is wrong with it)."""
-        plan = self._plan
-        for _ in range(2):
-            if plan is not None and plan.engine is not None:
-                y = getattr(plan.engine, what)(x)
-                if y is not None:
-                    return y
-            if plan is not None and (not plan.weights or not plan.sources.changed()):
-                return None  # an empty plan (architecture not covered), or x is not served
-            plan = self._inference_plan(x)
-            if plan is None:
-                return None
-        return None
+        ``"probabilities"``, ``[N, D]``) for x, the caller having checked eval mode and no gradients; None where the
+        path does not serve x (the module path then names what is wrong with it)."""
+        plan = self._inference_plan(x)  # (re)built when missing or stale
+        return None if plan is None else getattr(plan.engine, what)(x)
 
     def _forward_stacked(self, x: Tensor) -> Tensor:
         """Inference (eval mode, no gradients): every head's output side by side, ``[N, D]``: the landmarks' ``2P``
