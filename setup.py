@@ -99,6 +99,20 @@ def _cuda_include_and_link() -> tuple[list[str], list[str], list[str]]:
     return includes, lib_dirs, extra_link
 
 
+def _up_to_date(obj: str, src: str, args: list[str]) -> bool:
+    """Whether a per-ISA kernel object is newer than its source and every header it may include (the torch-free
+    headers under csrc/cpu/simd and csrc/cpu), and was compiled with the same flags."""
+    try:
+        with open(obj + ".flags") as f:
+            if f.read() != " ".join(args):
+                return False
+        built = os.path.getmtime(obj)
+    except OSError:
+        return False
+    deps = [src] + glob.glob(os.path.join(CSRC, "cpu", "simd", "*.h")) + glob.glob(os.path.join(CSRC, "cpu", "*.h"))
+    return all(os.path.getmtime(d) <= built for d in deps)
+
+
 class TcdcnBuildExtension(BuildExtension):
     """BuildExtension that first compiles the per-ISA kernel files, each with its own flags."""
 
@@ -114,9 +128,15 @@ class TcdcnBuildExtension(BuildExtension):
                 # -ffp-contract=fast lets a*b+c become FMA in the vector kernels; -fno-math-errno keeps sqrt/exp inline.
                 args = base + ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-ffp-contract=fast", "-fno-math-errno"]
                 args += flags
+                obj = self.compiler.object_filenames([src], output_dir=self.build_temp)[0]
+                if _up_to_date(obj, src, args):  # an in-place rebuild recompiles only what changed
+                    objects.append(obj)
+                    continue
                 objects += self.compiler.compile(
                     [src], output_dir=self.build_temp, include_dirs=[CSRC], extra_postargs=args
                 )
+                with open(obj + ".flags", "w") as f:
+                    f.write(" ".join(args))
             ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extensions()
 

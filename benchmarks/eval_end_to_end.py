@@ -7,7 +7,7 @@ A 68-point model is evaluated the same way on the 300w/test_common crops (error 
 its own box calibration :data:`tcdcn_ext.detect.CALIBRATION_68PT`, no re-boxing pass); it writes
 ``benchmarks/results/end_to_end_68pt.json``.
 
-End to end: every 128x128 test crop is given as a whole image; yuface detects the faces (threshold 0.5), the
+End to end: every 128x128 test crop is given as a whole image; the bundled YuNet detects the faces (threshold 0.5), the
 detection that overlaps the annotated box most (IoU >= 0.3) is the face's detection (none: a miss). Rows
 ``detector_*_1pass``: one landmark pass in the uncalibrated / calibrated detector box (:mod:`tcdcn_ext.detect`);
 ``pipeline_*``: the whole ``Aligner(image)`` call (detection, calibration, re-boxing from the landmarks, averaging);
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tcdcn_ext import data, evaluate  # noqa: E402
 from tcdcn_ext.aligner import Aligner  # noqa: E402
-from tcdcn_ext.detect import (CALIBRATION_5PT, CALIBRATION_68PT, Detections, YuFaceDetector, _iou, calibrate_boxes,  # noqa: E402
+from tcdcn_ext.detect import (CALIBRATION_5PT, CALIBRATION_68PT, Detections, YuNetDetector, _iou, calibrate_boxes,  # noqa: E402
                               match_detections)
 from tcdcn_ext.tracking import measure_jitter, synthetic_static_video  # noqa: E402
 
@@ -76,7 +76,7 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     fs = data.load_staged(data_root() / split, limit=limit)
     n = len(fs)
     t0 = time.perf_counter()
-    found, scores, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuFaceDetector(), min_score=0.5,
+    found, scores, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuNetDetector(), min_score=0.5,
                                                       cache=cache)
     t_det = time.perf_counter() - t0
     idx = np.flatnonzero(found)
@@ -102,7 +102,7 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     run("annotated_box", plain, fs.boxes.astype(np.float64), fs.images, fs.landmarks, n)
     run("annotated_box_averaged", averaged, fs.boxes.astype(np.float64), fs.images, fs.landmarks, n)
 
-    # The whole production pipeline: Aligner(image) with yuface on every crop; the face whose box overlaps the
+    # The whole production pipeline: Aligner(image) with YuNet on every crop; the face whose box overlaps the
     # annotated box most (IoU >= 0.3) is scored, a crop without one is a miss.
     pipelines = {
         "pipeline_uncalibrated (calibrate=False, refine=0)": dict(calibrate=False, refine=0),
@@ -115,7 +115,7 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
                      "uncalibrated" in k}
     for name, kw in pipelines.items():
         t = time.perf_counter()
-        aligner = Aligner(points=points, model=net, detector="yuface", **kw)
+        aligner = Aligner(points=points, model=net, detector="yunet", **kw)
         results = aligner.align_batch(fs.images)
         pred, keep = [], []
         for i, faces in enumerate(results):
@@ -134,7 +134,7 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
               file=sys.stderr)
     return {
         "split": split, "norm": norm, "faces": n, "detected": int(found.sum()), "detection_rate": float(found.mean()),
-        "detector": "yuface (min_score 0.5, best-IoU match with the annotated box, IoU >= 0.3)",
+        "detector": "YuNet (min_score 0.5, best-IoU match with the annotated box, IoU >= 0.3)",
         "calibration_method": calibration["method"],
         "calibration": {k: v for k, v in calibration.items() if k != "report"},
         "detection_seconds": round(t_det, 1), "rows": rows,

@@ -13,6 +13,10 @@
 #include <sys/mman.h>
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu/isa.h"
 #include "cpu/lc_stack_plan.h"
 #include "cpu/peak_flops.h"
@@ -53,6 +57,14 @@ TORCH_LIBRARY(tcdcn_ext, m) {
         "Tensor head_bias, int num_points) -> (Tensor, Tensor)");
   m.def("face_patches(Tensor[] images, Tensor image_index, Tensor boxes, int size, int channel_order, "
         "bool standardise) -> Tensor");
+  // The face detector's (YuNet's) convolutions, inference only, CPU only; outputs channels-last.
+  // Depthwise-separable block: z = conv1x1(input + up2(up), pw_weight [C_out, C_in], pw_bias) (up: [N, C_in, H/2,
+  // W/2] added with nearest 2x upsampling, or None), y = depthwise conv3x3(z, dw_weight [C_out, 3, 3], dw_bias,
+  // padding 1), then relu(y) if relu and 2x2 floor-mode max pooling if pool.
+  m.def("dw_separable(Tensor input, Tensor pw_weight, Tensor pw_bias, Tensor dw_weight, Tensor dw_bias, "
+        "Tensor? up=None, bool relu=True, bool pool=False) -> Tensor");
+  // relu(conv2d(input, weight [C_out, C_in, 3, 3], bias, stride 2, padding 1)): the detector's stem.
+  m.def("conv3x3_stride2_relu(Tensor input, Tensor weight, Tensor bias) -> Tensor");
 }
 
 namespace {
@@ -221,8 +233,24 @@ at::Tensor empty_huge_pages(int64_t nbytes) {
 
 }  // namespace
 
+// The calling thread's OpenMP team size (the per-thread nthreads ICV that at::get_num_threads() reads with torch's
+// OpenMP backend) set to n; returns the previous value. Other threads keep theirs.
+int thread_team_size(int n) {
+#ifdef _OPENMP
+  const int previous = omp_get_max_threads();
+  if (n > 0) omp_set_num_threads(n);
+  return previous;
+#else
+  (void)n;
+  return 1;
+#endif
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tcdcn_ext native helpers; the operators live in torch.ops.tcdcn_ext";
+  m.def("thread_team_size", &thread_team_size, pybind11::arg("n"),
+        "Set the calling thread's OpenMP team size (what torch's intra-op parallelism uses in this thread) to n "
+        "(n <= 0: leave it); returns the previous size.");
   m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2' or 'avx512'.");
   m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["abs_tanh", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
+__all__ = ["abs_tanh", "conv3x3_stride2_relu", "dw_separable", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
            "lc_conv2d_stack", "shift_average"]
 
 
@@ -168,3 +168,21 @@ def shift_average(
     uv = out[:, :, :2 * num_points].reshape(out.shape[0], len(pairs), num_points, 2)
     shift = torch.tensor(pairs, dtype=out.dtype, device=out.device) / window  # [K, 2]
     return (uv + shift[None, :, None, :]).mean(dim=1), out
+
+
+def dw_separable(input: Tensor, pw_weight: Tensor, pw_bias: Tensor, dw_weight: Tensor, dw_bias: Tensor,
+                 up: Tensor | None = None, relu: bool = True, pool: bool = False) -> Tensor:
+    """The depthwise-separable block with ``F.conv2d``: 1x1 conv of ``input (+ nearest 2x up)``, depthwise 3x3
+    (padding 1), then ReLU and 2x2 max pooling when asked."""
+    if up is not None:
+        input = input + up.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    z = F.conv2d(input, pw_weight[:, :, None, None], pw_bias)
+    y = F.conv2d(z, dw_weight[:, None], dw_bias, padding=1, groups=dw_weight.shape[0])
+    if relu:
+        y = F.relu(y)
+    return F.max_pool2d(y, 2) if pool else y
+
+
+def conv3x3_stride2_relu(input: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``relu(conv2d(input, weight, bias, stride=2, padding=1))``."""
+    return F.relu(F.conv2d(input, weight, bias, stride=2, padding=1))

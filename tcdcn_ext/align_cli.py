@@ -39,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="weights file instead of the shipped model")
     p.add_argument("--averaged", action="store_true", help="TCDCN-Averaged: average over 20 shifted boxes")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--detector", default="auto", choices=("auto", "yuface", "none"), help="face detector")
+    p.add_argument("--detector", default="auto", choices=("auto", "yunet", "yuface", "none"),
+                   help="face detector (auto = yunet, the bundled YuNet; yuface: the same, by its earlier name)")
+    p.add_argument("--max-side", type=int, default=None, help="detect on a copy downscaled to this longest side "
+                   "(default: the detector's, see tcdcn_ext.detect.DEFAULT_MAX_SIDE); 0: full resolution")
+    p.add_argument("--min-face-size", type=float, default=0.0, help="smallest face to find, in pixels (default 0)")
     p.add_argument("--min-score", type=float, default=0.5, help="detector confidence threshold (default 0.5)")
     p.add_argument("--no-calibrate", action="store_true", help="use the detector's boxes uncalibrated")
     p.add_argument("--json", metavar="FILE", default="-", help="JSON lines output (default: stdout)")
@@ -242,12 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         aligner = Aligner(points=args.points, device=args.device, averaged=args.averaged, detector=args.detector,
                           min_score=args.min_score, calibrate=not args.no_calibrate, model=args.model,
-                          progress=not args.quiet)
+                          progress=not args.quiet, min_face_size=args.min_face_size,
+                          **({} if args.max_side is None else {"max_side": args.max_side or None}))
     except (WeightsError, DetectorError, ValueError) as exc:
         print(f"tcdcn-align: {exc}", file=sys.stderr)
         return 2
     if aligner._detect is None:
-        print("tcdcn-align: no face detector is available (install yuface: `pip install yuface`)", file=sys.stderr)
+        print("tcdcn-align: --detector none cannot find faces in whole images (use auto)", file=sys.stderr)
         return 2
     out: IO[str] = sys.stdout if args.json == "-" else open(args.json, "w", encoding="utf-8")  # noqa: SIM115
     try:

@@ -3,7 +3,7 @@
 ::
 
     from tcdcn_ext.aligner import Aligner
-    aligner = Aligner()                            # shipped 5-point model, CPU, yuface detector if installed
+    aligner = Aligner()                            # shipped 5-point model, CPU, the bundled YuNet face detector
     faces = aligner("photo.jpg")                   # list[Face]
     faces = aligner(bgr_array, color="bgr")        # OpenCV images: say so, the colour order is never guessed
     faces = aligner.align(rgb_array, boxes=[(x0, y0, x1, y1)])      # your own boxes, no detection
@@ -51,7 +51,8 @@ import torch
 
 from . import data, ops
 from .averaging import default_shifts, standardise_by_centre
-from .detect import CALIBRATION_5PT, CALIBRATION_68PT, Detections, DetectorError, calibrate_boxes, resolve_detector
+from .detect import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
+                     calibrate_boxes, resolve_detector)
 from .model import TCDCN, WeightsError, load_model
 
 __all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
@@ -528,6 +529,76 @@ class _Job:
     report_boxes: np.ndarray  # [F, 4] the boxes reported in Face.box
     scores: np.ndarray  # [F]
     refine: bool = False  # re-box from the landmarks (detected faces)
+    image: int | None = None  # the call's image this job's faces belong to (None: a group of its own)
+    slots: list[int] | None = None  # the faces' positions in that image's list (None: in order, from 0)
+    back: np.ndarray | None = None  # [2, 3] affine from this job's pixels to the image's (de-rotated faces)
+
+
+def _group_by_image(jobs: list[_Job], faces: list[Face]) -> list[list[Face]]:
+    """The faces of consecutive jobs (in job order) regrouped into one list per image, in each image's order."""
+    out: list[list[Face]] = []
+    where: dict[Any, int] = {}
+    f = 0
+    for j, job in enumerate(jobs):
+        key = ("job", j) if job.image is None else job.image
+        if key not in where:
+            where[key] = len(out)
+            out.append([])
+        mine = faces[f:f + len(job.model_boxes)]
+        f += len(job.model_boxes)
+        dst = out[where[key]]
+        slots = job.slots if job.slots is not None else range(len(mine))
+        for slot, face in zip(slots, mine):
+            while len(dst) <= slot:
+                dst.append(None)
+            dst[slot] = face
+    return out
+
+
+#: Detections scoring below this are searched for a better orientation (:meth:`Aligner._detected_jobs`): upright
+#: faces of the scenes photos mostly score above it, and YuNet's score falls as a face turns in-plane (the bundled
+#: portrait: 0.94 upright, 0.89 at 30 degrees, 0.71 at 45, 0.5-0.75 from 60 to 120 degrees).
+SEARCH_BELOW = 0.85
+#: The rotations tried (degrees, counter-clockwise); the landmark networks, trained with up to 15 degrees of
+#: rotation augmentation, still read faces turned by up to ~30 degrees, so 45-degree steps cover every roll.
+SEARCH_ANGLES = (-90.0, -45.0, 45.0, 90.0, 180.0)
+#: How much higher a rotated copy must score to be used.
+SEARCH_MARGIN = 0.1
+
+
+def _face_square(box: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and side of the square around a detected face that the orientation search and the upright copy
+    read: 2.5 times the box's larger side, so that a face turned by any angle stays inside."""
+    b = np.asarray(box, np.float64)
+    return (b[:2] + b[2:]) / 2, 2.5 * max(float(b[2] - b[0]), float(b[3] - b[1]), 8.0)
+
+
+def _map_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The axis-aligned boxes around boxes [N, 4] mapped by the 2x3 affine ``m``."""
+    b = np.asarray(boxes, np.float64)
+    corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], 1) @ m[:, :2].T + m[:, 2]
+    return np.concatenate([corners.min(1), corners.max(1)], 1).astype(np.float32)
+
+
+def _invert_affine(m: np.ndarray) -> np.ndarray:
+    """The inverse of a 2x3 affine map."""
+    a = np.asarray(m, np.float64)
+    inv = np.linalg.inv(a[:, :2])
+    return np.c_[inv, -inv @ a[:, 2]]
+
+
+def _upright_copy(pix: _Pixels, centre: np.ndarray, side: float, angle: float) -> tuple[_Pixels, np.ndarray]:
+    """The ``side``-pixel square around ``centre`` rotated by ``angle`` degrees (counter-clockwise as seen) about it,
+    at the image's pixel scale (bilinear, black outside the image), and the 2x3 map from image to copy pixels."""
+    import cv2
+
+    n = int(np.ceil(side))
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), 1.0)
+    m[:, 2] += n / 2.0 - np.asarray(centre, np.float64)  # the face centre lands in the middle of the copy
+    a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
+    warped = cv2.warpAffine(np.ascontiguousarray(a), m, (n, n), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _Pixels(warped, pix.order), m
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -542,11 +613,21 @@ class Aligner:
         device: torch device of the model; ``"cpu"`` by default.
         averaged: TCDCN-Averaged: average the landmarks and attribute probabilities over the network run on shifted
             input windows (``shifts``), in one :func:`tcdcn_ext.ops.shift_average` call per batch.
-        detector: ``"auto"`` (yuface if installed, else none), ``"yuface"``, ``"none"``, or a callable
-            ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` | ``(boxes, scores, points [N, 5, 2])``.
+        detector: ``"auto"`` or ``"yunet"`` (the bundled YuNet detector, :class:`tcdcn_ext.detect.YuNetDetector`),
+            ``"none"``, or a callable ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` |
+            ``(boxes, scores, points [N, 5, 2])``. (``"yuface"``, the earlier releases' detector, names YuNet.)
         min_score: detector confidence threshold in ``[0, 1]``.
-        calibrate: map yuface's boxes to the model's box convention (:mod:`tcdcn_ext.detect`); ignored for other
+        calibrate: map YuNet's boxes to the model's box convention (:mod:`tcdcn_ext.detect`); ignored for other
             detectors and for boxes you pass.
+        max_side: YuNet sees a copy of the image downscaled to at most this many pixels on its longest side (None:
+            full resolution); the landmarks are read on the full-resolution pixels. See
+            :class:`~tcdcn_ext.detect.YuNetDetector` for the trade-off and the default.
+        min_face_size: the smallest face (pixels of the full image) to find: raises YuNet's working resolution
+            where needed and drops smaller detections. 0: no limit beyond what ``max_side`` allows.
+        derotate: find faces turned in-plane (YuNet's own points do not follow a face's roll, so a detection that
+            scores below :data:`SEARCH_BELOW` is searched in rotated copies of its surroundings, 45-degree steps)
+            and read them from an upright copy, their landmarks rotated back. Costs nothing for faces YuNet scores
+            high; about one small detector batch per low-scoring face.
         model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.model.TCDCN` (copied: the
             caller's module is left as it is); default ``f"{points}pt"``.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
@@ -562,10 +643,12 @@ class Aligner:
     """
 
     def __init__(self, points: Literal[5, 68] = 5, device: str | torch.device = "cpu", averaged: bool = False,
-                 detector: Literal["auto", "yuface", "none"] | Callable[..., Any] | None = "auto",
+                 detector: Literal["auto", "yunet", "none"] | Callable[..., Any] | None = "auto",
                  min_score: float = 0.5, calibrate: bool = True, model: str | os.PathLike | TCDCN | None = None,
                  shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
-                 batch_size: int = 512, progress: bool | None = None) -> None:
+                 batch_size: int = 512, progress: bool | None = None,
+                 max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
+                 derotate: bool = True) -> None:
         if points not in (5, 68):
             raise ValueError(f"points must be 5 or 68, got {points!r}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -603,13 +686,14 @@ class Aligner:
         self.refine = int(refine)
         self.batch_size = int(batch_size)
         self.progress = progress
+        self.derotate = bool(derotate)
         self.detector_name = detector if isinstance(detector, str) or detector is None else "callable"
         self._detect = resolve_detector(detector)
-        from .detect import YuFaceDetector
-
-        # Calibrations are fitted for yuface: MTFL boxes (5 points), tight 68-point extents (68 points).
+        if isinstance(self._detect, YuNetDetector):
+            self._detect = YuNetDetector(max_side=max_side, min_face_size=min_face_size)
+        # Calibrations are fitted for YuNet: MTFL boxes (5 points), tight 68-point extents (68 points).
         self.calibration = ({5: CALIBRATION_5PT, 68: CALIBRATION_68PT}[points]
-                            if calibrate and isinstance(self._detect, YuFaceDetector) else None)
+                            if calibrate and isinstance(self._detect, YuNetDetector) else None)
         self.attribute_tasks = [t for t in self.model.config.aux_tasks]
 
     def __repr__(self) -> str:
@@ -656,28 +740,60 @@ class Aligner:
         if boxes is not None and len(boxes) == len(pixels) and all(b is not None for b in boxes):
             given = _all_valid_boxes(boxes)
             if given is not None:
-                return [_Job(pix, b, b, np.ones(len(b))) for pix, b in zip(pixels, given)]
+                return [_Job(pix, b, b, np.ones(len(b)), image=i) for i, (pix, b) in enumerate(zip(pixels, given))]
         jobs = []  # detection, or a bad box list: image by image, so that an error names the first bad image
         for i, pix in enumerate(pixels):
             name = names[i] if names else f"images[{i}]"
             given = None if boxes is None else boxes[i]
             if given is None:
-                det = self._detect_pixels(pix, name)
-                model_boxes = (calibrate_boxes(det, self.calibration) if self.calibration is not None
-                               else det.boxes).astype(np.float64)
-                jobs.append(_Job(pix, model_boxes, det.boxes.astype(np.float64), det.scores.astype(np.float64),
-                                 refine=True))
+                jobs += self._detected_jobs(pix, self._detect_pixels(pix, name), i)
             else:
                 b = _valid_boxes(given, name)
-                jobs.append(_Job(pix, b, b, np.ones(len(b))))
+                jobs.append(_Job(pix, b, b, np.ones(len(b)), image=i))
+        return jobs
+
+    def _detected_jobs(self, pix: _Pixels, det: Detections, image: int) -> list[_Job]:
+        """The jobs of one image's detections: faces read where they are, except turned ones (``derotate``): a face
+        that YuNet scores below :data:`SEARCH_BELOW` is also looked for in copies of its surroundings rotated by
+        :data:`SEARCH_ANGLES`; where a rotated copy scores clearly higher, the face is detected again and read in
+        an upright copy, and its landmarks are rotated back."""
+        scores = det.scores.astype(np.float64)
+        turn: dict[int, float] = {}
+        if self.derotate and isinstance(self._detect, YuNetDetector) and len(det):
+            low = np.flatnonzero(det.scores < SEARCH_BELOW)
+            rgb = pix.rgb() if len(low) else None
+            for i in low:
+                centre, side = _face_square(det.boxes[i])
+                angle, score = self._detect.best_rotation(rgb, centre, side, SEARCH_ANGLES)
+                if score > det.scores[i] + SEARCH_MARGIN:
+                    turn[int(i)] = angle
+        keep = np.array([i for i in range(len(det)) if i not in turn], np.int64)
+        sub = Detections(det.scores[keep], det.boxes[keep], None if det.points is None else det.points[keep])
+        model_boxes = (calibrate_boxes(sub, self.calibration) if self.calibration is not None
+                       else sub.boxes).astype(np.float64)
+        jobs = [_Job(pix, model_boxes, sub.boxes.astype(np.float64), scores[keep], refine=True, image=image,
+                     slots=keep.tolist())]
+        for i, angle in turn.items():
+            centre, side = _face_square(det.boxes[i])
+            upright, fwd = _upright_copy(pix, centre, side, angle)
+            found = self._detect(upright.rgb(), 0.05)
+            if len(found) == 0:  # (the search saw it at a smaller scale): read it where it is
+                found = Detections(det.scores[i:i + 1], _map_boxes(det.boxes[i:i + 1], fwd), None)
+            c = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2 - upright.width / 2.0
+            j = int(np.argmin((c ** 2).sum(1)))
+            one = Detections(found.scores[j:j + 1], found.boxes[j:j + 1],
+                             None if found.points is None else found.points[j:j + 1])
+            box = (calibrate_boxes(one, self.calibration) if self.calibration is not None
+                   else one.boxes).astype(np.float64)
+            jobs.append(_Job(upright, box, det.boxes[i:i + 1].astype(np.float64), scores[i:i + 1], refine=True,
+                             image=image, slots=[i], back=_invert_affine(fwd)))
         return jobs
 
     def _detect_pixels(self, pix: _Pixels, name: "str | _Label") -> Detections:
         if self._detect is None:
             raise DetectorError(
-                f"{name}: no face detector is available (detector={self.detector_name!r}); pass the face boxes with "
-                "aligner.align(image, boxes=[(x0, y0, x1, y1), ...]), or install the yuface detector "
-                "(`pip install yuface`) and use detector='auto'")
+                f"{name}: no face detector is in use (detector={self.detector_name!r}); pass the face boxes with "
+                "aligner.align(image, boxes=[(x0, y0, x1, y1), ...]), or use detector='auto' (the bundled YuNet)")
         return self._detect(pix.rgb(), self.min_score)
 
     def _predict(self, pairs: list[tuple[_Pixels, np.ndarray]], averaged: bool = False
@@ -728,7 +844,7 @@ class Aligner:
     def _run(self, jobs: list[_Job]) -> list[list[Face]]:
         pairs = [(job.pixels, b) for job in jobs for b in job.model_boxes]
         if not pairs:
-            return [[] for _ in jobs]
+            return _group_by_image(jobs, [])
         passes = self.refine if self.points == 5 and any(job.refine for job in jobs) else 0
         again = np.concatenate([np.full(len(job.model_boxes), job.refine, bool) for job in jobs]) if passes else None
         for _ in range(passes):
@@ -743,18 +859,18 @@ class Aligner:
         pts, probs = self._predict(pairs, self.averaged)
         n = len(pairs)
         pts = np.ascontiguousarray(pts)  # (its own array: the faces' landmarks are read-only rows of it)
+        f = 0
+        for job in jobs:  # de-rotated faces: landmarks from the upright copy back into the image
+            if job.back is not None:
+                pts[f] = pts[f] @ job.back[:, :2].T + job.back[:, 2]
+            f += len(job.model_boxes)
         pts.setflags(write=False)
         landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
         faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(_AttributeTable(probs), n),
                          range(n)))
-        out: list[list[Face]] = []
-        f = 0
-        for job in jobs:
-            out.append(faces[f:f + len(job.report_boxes)])
-            f += len(job.report_boxes)
-        return out
+        return _group_by_image(jobs, faces)
 
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""

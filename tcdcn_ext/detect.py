@@ -1,103 +1,103 @@
 """Face detection for :class:`tcdcn_ext.Aligner`, and the calibration of detector boxes to the model's box convention.
 
-The detector is `yuface <https://pypi.org/project/yuface/>`_ (libfacedetection's CNN compiled into a small wheel,
-weights inside, no download) when it is importable. It returns a box and 5 points per face.
+The detector is YuNet (:mod:`tcdcn_ext.yunet`; MIT licence, weights inside the package) running on this library's
+own kernels (:func:`tcdcn_ext.ops.dw_separable`), so detection needs nothing beyond torch, numpy and OpenCV's image
+functions, on every platform torch supports. :class:`YuNetDetector` returns a box and 5 points per face.
 
 Box calibration
 ---------------
 The 5-point TCDCN was trained on the MTFL crops' annotated boxes (the CUHK boxes: square, about the eyebrows to
-the chin). yuface's boxes are taller and placed differently, and feeding them unchanged shifts and scales every
+the chin). YuNet's boxes are taller and placed differently, and feeding them unchanged shifts and scales every
 face in the network's input. :func:`fit_box_calibration` learns, on the MTFL *training* crops, two maps from a
-yuface detection to the annotated box:
+YuNet detection to the annotated box:
 
 * ``"linear"``: a translation- and scale-equivariant linear map of the detector box,
   ``[cx' - cx, cy' - cy, w', h'] = [w, h] @ LINEAR`` (``LINEAR`` is 2x4);
 * ``"points"``: the box predicted from the detector's 5 points with :func:`tcdcn_ext.data.predict_boxes_5pt`
-  and a coefficient matrix refitted on yuface's points (``POINTS``, 2x3, as :func:`tcdcn_ext.data.fit_box_model`).
+  and a coefficient matrix refitted on YuNet's points (``POINTS``, 2x3, as :func:`tcdcn_ext.data.fit_box_model`).
 
 and keeps the one whose boxes give the lower landmark error on a held-out part of the training set (the training
-run's own validation faces). The constants below are the output of::
-
-    python -m tcdcn_ext.detect --fit ../shared/data/mtfl/train --model /work/runs/5pt_l1/best.pt
-
-(see :data:`CALIBRATION_5PT` for the numbers it printed; the fit is cheap: yuface on 10,000 crops takes ~20 s).
-Calibration applies to the built-in yuface detector; boxes from a user detector (a callable) or given to
-:meth:`Aligner.align` are used as they are. The 68-point model has its own box convention (the staged 300-W boxes
-are the tight extent of the 68 points) and its own fit, :data:`CALIBRATION_68PT`.
+run's own validation faces). The constants below are the output of ``python -m tcdcn_ext.detect --fit ...`` (see
+each constant for its command and the numbers it printed). Calibration applies to the built-in detector; boxes from
+a user detector (a callable) or given to :meth:`Aligner.align` are used as they are. The 68-point model has its own
+box convention (the staged 300-W boxes are the tight extent of the 68 points) and its own fit,
+:data:`CALIBRATION_68PT`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
+import torch
 
 __all__ = [
     "CALIBRATION_5PT",
     "CALIBRATION_68PT",
     "DetectorError",
     "Detections",
-    "YuFaceDetector",
+    "YuNetDetector",
     "calibrate_boxes",
     "fit_box_calibration",
     "resolve_detector",
-    "yuface_available",
 ]
 
-#: The longest image side the detector sees; larger images are detected on a downscaled copy (yuface warns above
-#: 960 px and its anchors are tuned for that range).
-MAX_DETECT_SIDE = 960
 
-#: yuface -> annotated-box calibration of the 5-point model, fitted on the 9,500 MTFL training crops outside the
-#: training run's validation split by ``python -m tcdcn_ext.detect --fit ../shared/data/mtfl/train --model
-#: /work/runs/5pt_l1/best.pt``. The fitted numbers do not depend on the model; the model only chooses ``method``,
-#: by the landmark error on the 500 validation faces (yuface found all 10,000 faces). With the run's final
-#: checkpoint (epoch 79, sha256 bedc9c99...; 3.56 % error / 2.0 % failures on those faces with the annotated
-#: boxes; the epoch-50 checkpoint chose the same method):
+#: YuNet -> annotated-box calibration of the 5-point model, fitted on the 9,500 MTFL training crops outside the
+#: training run's validation split by ``OMP_NUM_THREADS=1 python -m tcdcn_ext.detect --fit
+#: ../shared/data/mtfl/train --model 5pt``. The fitted numbers do not depend on the model; the model (the shipped
+#: 5-point one) only chooses ``method``, by the landmark error on the 500 validation faces (YuNet found all 10,000
+#: faces):
 #:
 #: ==========  ===================  ===========  =========
 #: map         box edge RMS (px)    mean error   failures
 #: ==========  ===================  ===========  =========
-#: none        12.75                7.59 %       18.2 %
-#: linear       4.90                4.17 %        4.6 %
-#: points       5.37                3.63 %        2.8 %
+#: none        13.06                7.33 %       15.8 %
+#: linear       4.89                4.20 %        5.0 %
+#: points       5.33                3.63 %        3.0 %
 #: ==========  ===================  ===========  =========
 #:
 #: Both maps are kept so that detections without points can use ``"linear"``.
 CALIBRATION_5PT: dict[str, Any] = {
     "method": "points",
-    "linear": [[-0.05824709, -0.06194710, 0.22907337, 0.22915193],
-               [0.04272413, 0.09408877, 0.55104428, 0.55103037]],
-    "points": [[-0.01933351, -0.03133364, 3.25915734], [-0.85993208, -0.04074527, 0.00931776]],
+    "linear": [[-0.06503388, -0.07242564, 0.25753048, 0.25747732],
+               [0.04093825, 0.09591410, 0.52172315, 0.52181160]],
+    "points": [[-0.03957430, -0.05205485, 3.25626136], [-0.86732838, -0.03830730, 0.01182772]],
 }
 
-#: yuface -> annotated-box calibration of the 68-point model (the staged 300-W boxes: the tight extent of the 68
-#: points), fitted on the 1,086 300w/train crops outside the shipped model's validation split by ``python -m
-#: tcdcn_ext.detect --fit ../shared/data/300w/train --model 68pt`` (yuface found all 1,207 faces). On the 121
-#: validation faces, outer-corner error of the shipped 68-point model (annotated boxes: 4.22 %):
+#: YuNet -> annotated-box calibration of the 68-point model (the staged 300-W boxes: the tight extent of the 68
+#: points), fitted on the 1,811 300w/train crops outside the held-out 10 % by ``OMP_NUM_THREADS=1 python -m
+#: tcdcn_ext.detect --fit ../shared/data/300w/train --model 68pt`` (YuNet found all 2,012 faces). On the 201
+#: held-out faces, outer-corner error of the 68-point model:
 #:
 #: ==========  ===================  ===========  =========
 #: map         box edge RMS (px)    mean error   failures
 #: ==========  ===================  ===========  =========
-#: none        11.26                7.07 %        8.3 %
-#: linear       3.29                4.47 %        0.0 %
-#: points       3.67                4.46 %        0.0 %
+#: none        11.37                8.23 %       18.4 %
+#: linear       3.51                4.48 %        1.0 %
+#: points       3.88                4.55 %        1.5 %
 #: ==========  ===================  ===========  =========
 CALIBRATION_68PT: dict[str, Any] = {
-    "method": "points",
-    "linear": [[0.00460517, -0.07722575, 0.81724451, 0.22152389],
-               [-0.00044607, 0.17732359, 0.17409021, 0.61748373]],
-    "points": [[-0.02114595, 0.27594714, 3.66914673], [-1.98940519, -0.05812177, -0.16162254]],
+    "method": "linear",
+    "linear": [[0.01202937, -0.07968531, 0.78174231, 0.25320074],
+               [-0.01525186, 0.17489174, 0.18991632, 0.58619500]],
+    "points": [[-0.05086059, 0.27228285, 3.66039944], [-2.00268465, -0.06525608, -0.14297326]],
 }
 
-DetectorName = Literal["auto", "yuface", "none"]
+DetectorName = Literal["auto", "yunet", "none"]
+
+#: Default longest side of the copy of an image that YuNet sees (see :class:`YuNetDetector`): chosen from recall and
+#: time on ``shared/data/scenes`` (``benchmarks/detector_resolution.py``, ``benchmarks/README.md``).
+DEFAULT_MAX_SIDE = 320
+#: The smallest face YuNet finds reliably, in pixels of the image it sees (its stride-8 anchors).
+YUNET_MIN_FACE = 12
 
 
 class DetectorError(RuntimeError):
@@ -121,109 +121,157 @@ class Detections:
         return Detections(np.zeros(0, np.float32), np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32))
 
 
-def yuface_available() -> bool:
-    try:
-        import yuface  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class YuNetDetector:
+    """The bundled face detector: YuNet (:mod:`tcdcn_ext.yunet`) on the library's own kernels, with its weights
+    inside the package. Call it on an RGB uint8 image ``[H, W, 3]``: ``detector(rgb, min_score) -> Detections``.
 
+    Working resolution: the network sees a copy of the image whose longest side is at most ``max_side`` pixels
+    (``INTER_AREA`` downscaling; None: the full image), and the boxes and points are mapped back to full-resolution
+    pixels, where the landmark network then reads the face. YuNet finds faces of about 12 to 300 pixels in the
+    image it sees, so ``max_side`` trades the smallest findable face (about ``12 * longest_side / max_side``
+    pixels) for time (the network's cost grows with the pixel count). ``min_face_size`` (pixels of the full image)
+    raises the working resolution where needed so that faces of that size stay findable, and drops smaller
+    detections.
 
-class YuFaceDetector:
-    """yuface on an RGB uint8 image ``[H, W, 3]``; images larger than :data:`MAX_DETECT_SIDE` are detected on a
-    downscaled copy (``INTER_AREA``) and the results mapped back to full-resolution pixels.
+    ``nms_threshold`` and ``top_k``: the non-maximum suppression (as OpenCV's ``FaceDetectorYN``: 0.3, 5000).
 
-    The compiled detector is not documented as re-entrant, so calls are serialised by a per-instance lock (the
-    rest of :class:`~tcdcn_ext.Aligner` runs in parallel).
-
-    ``threads``: OpenMP threads for yuface, set (and restored) around every call; default 1. yuface parallelises
-    each image over OpenMP threads that spin while they wait; with torch imported it runs on torch's OpenMP runtime.
-    On a machine whose cores are busy that is far slower than one thread: one 512x512 detection took 42 ms with 1
-    thread and 430 ms with the default 2 on this project's loaded 2-core machine. None leaves the runtime's default
-    (``OMP_NUM_THREADS`` or all cores).
+    ``threads``: torch threads for the detector's own work, set for the calling thread during each call and
+    restored after it (other threads are not affected); default 1. The network's layers take tens of microseconds
+    each, and on a machine whose cores are busy a parallel region costs milliseconds (OpenMP workers spin and
+    preempt each other): a 640x480 detection took 4.5 ms on one thread and 156 ms on two on this project's loaded
+    2-core machine. None: torch's setting. The detector holds no per-call state: one instance may be shared between
+    threads.
     """
 
-    def __init__(self, max_side: int = MAX_DETECT_SIDE, threads: int | None = 1) -> None:
-        import yuface  # ImportError here is turned into a DetectorError by resolve_detector
+    def __init__(self, max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
+                 nms_threshold: float = 0.3, top_k: int = 5000, threads: int | None = 1) -> None:
+        from .yunet import load_yunet
 
-        self._detect = yuface.c_detect
-        self.max_side = int(max_side)
-        self.threads = None if threads is None else max(1, int(threads))
-        self._omp = _omp_runtimes() if self.threads is not None else []
-        self._lock = threading.Lock()
+        if max_side is not None and (not isinstance(max_side, (int, np.integer)) or max_side < 32):
+            raise ValueError(f"max_side must be an int >= 32 or None, got {max_side!r}")
+        if not (np.isfinite(min_face_size) and min_face_size >= 0):
+            raise ValueError(f"min_face_size must be a finite number >= 0, got {min_face_size!r}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise ValueError(f"nms_threshold must be in (0, 1], got {nms_threshold!r}")
+        self.max_side = None if max_side is None else int(max_side)
+        self.min_face_size = float(min_face_size)
+        self.nms_threshold = float(nms_threshold)
+        self.top_k = int(top_k)
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
+        self.threads = None if threads is None else int(threads)
+        self.net = load_yunet()
 
-    def __call__(self, rgb: np.ndarray, min_score: float = 0.5) -> Detections:
+    def __repr__(self) -> str:
+        return (f"YuNetDetector(max_side={self.max_side}, min_face_size={self.min_face_size:g}, "
+                f"nms_threshold={self.nms_threshold:g})")
+
+    def _decode(self, heads: list[torch.Tensor], min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from .yunet import decode, nms
+
+        scores, boxes, points = decode(heads, float(min_score))
+        keep = nms(scores, boxes, self.nms_threshold, self.top_k)
+        return scores[keep], boxes[keep], points[keep]
+
+    def best_rotation(self, rgb: np.ndarray, centre: np.ndarray, side: float, angles: Sequence[float],
+                      size: int = 128) -> tuple[float, float]:
+        """In-plane orientation search for one face: the ``side``-pixel square around ``centre`` is rotated by each
+        of ``angles`` (degrees, counter-clockwise as seen) and scaled to ``size`` pixels; YuNet runs on all of them
+        in one batch. Returns ``(angle, score)`` of the copy whose detection nearest its centre scores highest
+        (``(nan, 0)`` when none has a detection). YuNet was trained on upright faces (its 5 points do not follow a
+        face's roll), so its score is what tells the upright copy."""
+        with self._team():
+            return self._best_rotation(rgb, centre, side, angles, size)
+
+    def _best_rotation(self, rgb: np.ndarray, centre: np.ndarray, side: float, angles: Sequence[float],
+                       size: int) -> tuple[float, float]:
         import cv2
 
+        from .yunet import DIVISOR
+
+        pad = -(-size // DIVISOR) * DIVISOR
+        x = torch.zeros(len(angles), pad, pad, 3)
+        for k, a in enumerate(angles):
+            m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(a), size / side)
+            m[:, 2] += size / 2.0 - np.asarray(centre, np.float64)
+            crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if size < side else cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            x[k, :size, :size] = torch.from_numpy(np.ascontiguousarray(crop[:, :, ::-1]))
+        heads = self._run_net(x.permute(0, 3, 1, 2))
+        best = (float("nan"), 0.0)
+        for k, a in enumerate(angles):
+            sc, bx, _ = self._decode([h[k:k + 1] for h in heads], 0.05)
+            if len(sc) == 0:
+                continue
+            # the detection whose centre is nearest the copy's centre (the face searched for)
+            c = (bx[:, :2] + bx[:, 2:]) / 2 - size / 2.0
+            j = int(np.argmin((c ** 2).sum(1)))
+            if np.abs(c[j]).max() < size / 4 and sc[j] > best[1]:
+                best = (float(a), float(sc[j]))
+        return best
+
+    def working_scale(self, height: int, width: int) -> float:
+        """The factor (<= 1) by which an image of this size is downscaled before the network sees it."""
+        longest = max(height, width)
+        scale = 1.0 if self.max_side is None else min(1.0, self.max_side / longest)
+        if self.min_face_size > 0:
+            scale = max(scale, min(1.0, YUNET_MIN_FACE / self.min_face_size))
+        return scale
+
+    def network_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, float, float]:
+        """The network's input for an RGB uint8 image: the working-resolution copy as BGR float ``[1, 3, H', W']``
+        zero-padded to multiples of 32, with the x and y factors from image to input pixels."""
+        import cv2
+
+        from .yunet import DIVISOR
+
         h, w = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = self.working_scale(h, w)
         small = rgb
+        sx = sy = 1.0
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             sx, sy = size[0] / w, size[1] / h
-        else:
-            sx = sy = 1.0
-        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-        with self._lock:
-            # OpenMP's thread count is a per-thread setting: set it for this call in this thread, then restore it
-            # (torch in this thread reads the same setting).
-            previous = [get() for get, _ in self._omp]
-            try:
-                for _, put in self._omp:
-                    put(self.threads)
-                raw = np.asarray(self._detect(bgr), np.float32).reshape(-1, 16)
-            finally:
-                for (_, put), n in zip(self._omp, previous):
-                    put(n)
-        # Columns: confidence (percent), x, y, w, h, 5 x (x, y) points, and an unused trailing field.
-        raw = raw[raw[:, 0] >= 100.0 * min_score]
-        if len(raw) == 0:
-            return Detections.empty()
-        raw = raw[np.argsort(-raw[:, 0], kind="stable")]
-        boxes = np.stack([raw[:, 1], raw[:, 2], raw[:, 1] + raw[:, 3], raw[:, 2] + raw[:, 4]], 1)
-        points = raw[:, 5:15].reshape(-1, 5, 2)
-        if scale < 1.0:  # pixel-centre mapping back to the full image: x = (x' + 0.5) / s - 0.5
-            s = np.array([sx, sy], np.float32)
+        hs, ws = small.shape[:2]
+        hp, wp = -(-hs // DIVISOR) * DIVISOR, -(-ws // DIVISOR) * DIVISOR
+        # numpy, not torch, for this copy: torch splits a copy this size between its threads, and a parallel region
+        # costs milliseconds when the machine's cores are busy (see dw_separable_cpu.cpp).
+        x = np.zeros((1, hp, wp, 3), np.float32)
+        x[0, :hs, :ws] = small[:, :, ::-1]  # RGB -> BGR, uint8 -> float
+        return torch.from_numpy(x).permute(0, 3, 1, 2), sx, sy
+
+    @contextlib.contextmanager
+    def _team(self) -> Iterator[None]:
+        """The calling thread's torch threads set to ``threads`` for the block (other threads keep theirs)."""
+        from . import _C
+
+        previous = _C.thread_team_size(self.threads) if self.threads is not None else None
+        try:
+            yield
+        finally:
+            if previous is not None:
+                _C.thread_team_size(previous)
+
+    def _run_net(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return self.net(x)
+
+    def __call__(self, rgb: np.ndarray, min_score: float = 0.5) -> Detections:
+        with self._team():
+            x, sx, sy = self.network_input(rgb)
+            heads = self._run_net(x)
+            scores, boxes, points = self._decode(heads, min_score)
+        if sx != 1.0 or sy != 1.0:  # pixel-centre mapping back to the full image: x = (x' + 0.5) / s - 0.5
+            s = np.array([sx, sy])
             boxes = ((boxes.reshape(-1, 2, 2) + 0.5) / s - 0.5).reshape(-1, 4)
             points = (points + 0.5) / s - 0.5
-        return Detections(raw[:, 0] / 100.0, boxes.astype(np.float32), points.astype(np.float32))
-
-
-def _omp_runtimes() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
-    """``(omp_get_max_threads, omp_set_num_threads)`` of the OpenMP runtimes yuface may run on: the one in the
-    process's global symbol scope (torch loads its libgomp there, and yuface's OpenMP calls then resolve to it) and
-    the one bundled with the yuface wheel (``yuface.libs/libgomp*``), without duplicates."""
-    import ctypes
-    import glob
-
-    import yuface
-
-    root = Path(yuface.__file__).resolve().parent.parent
-    handles: list[Any] = []
-    try:
-        handles.append(ctypes.CDLL(None))
-    except OSError:
-        pass
-    for lib in sorted(glob.glob(str(root / "yuface.libs" / "libgomp*.so*"))):
-        try:
-            handles.append(ctypes.CDLL(lib))
-        except OSError:
-            pass
-    out, seen = [], set()
-    for h in handles:
-        try:
-            get, put = h.omp_get_max_threads, h.omp_set_num_threads
-        except AttributeError:
-            continue
-        key = ctypes.cast(put, ctypes.c_void_p).value
-        if key in seen:
-            continue
-        seen.add(key)
-        get.argtypes, get.restype = [], ctypes.c_int
-        put.argtypes, put.restype = [ctypes.c_int], None
-        out.append((get, put))
-    return out
+        if self.min_face_size > 0 and len(boxes):
+            big = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_face_size
+            scores, boxes, points = scores[big], boxes[big], points[big]
+        if len(scores) == 0:
+            return Detections.empty()
+        return Detections(scores.astype(np.float32), boxes.astype(np.float32), points.astype(np.float32))
 
 
 class _UserDetector:
@@ -254,20 +302,17 @@ class _UserDetector:
 
 
 def resolve_detector(detector: str | Callable[..., Any] | None) -> Callable[[np.ndarray, float], Detections] | None:
-    """``"auto"`` (yuface when importable, else None), ``"yuface"`` (DetectorError if missing), ``"none"``/None
-    (None), or a callable (see :class:`_UserDetector`). Returns ``f(rgb, min_score) -> Detections`` or None."""
+    """``"auto"`` or ``"yunet"`` (the bundled :class:`YuNetDetector`), ``"none"``/None (None), or a callable (see
+    :class:`_UserDetector`). ``"yuface"``, the detector of earlier releases (the same network family, in a wheel
+    that exists for CPython <= 3.11 only), is accepted as a name for the bundled one. Returns ``f(rgb, min_score)
+    -> Detections`` or None."""
     if callable(detector):
         return _UserDetector(detector)
     if detector is None or detector == "none":
         return None
-    if detector == "auto":
-        return YuFaceDetector() if yuface_available() else None
-    if detector == "yuface":
-        if not yuface_available():
-            raise DetectorError("detector='yuface' but the yuface package is not installed "
-                                "(`pip install yuface`; wheels exist for CPython <= 3.11 on x86-64 Linux)")
-        return YuFaceDetector()
-    raise ValueError(f"detector must be 'auto', 'yuface', 'none' or a callable, got {detector!r}")
+    if detector in ("auto", "yunet", "yuface"):
+        return YuNetDetector()
+    raise ValueError(f"detector must be 'auto', 'yunet', 'none' or a callable, got {detector!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -404,7 +449,7 @@ def _landmark_error(model, images, boxes, gt) -> np.ndarray:
 
 def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,
                         cache: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fit the yuface -> annotated box calibration on a staged training split (see the module docstring).
+    """Fit the YuNet -> annotated box calibration on a staged training split (see the module docstring).
 
     Args:
         train_dir: e.g. ``shared/data/mtfl/train`` (5 points) or ``shared/data/300w/train`` (68 points).
@@ -431,7 +476,7 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
     holdout = np.asarray(holdout)
     is_hold = np.zeros(n, bool)
     is_hold[holdout] = True
-    found, _, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuFaceDetector(), min_score=0.5,
+    found, _, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuNetDetector(), min_score=0.5,
                                                  progress=progress, cache=cache)
     fit = found & ~is_hold
     ann = fs.boxes.astype(np.float64)

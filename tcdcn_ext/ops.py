@@ -34,6 +34,12 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     ``window x window`` crops of each face, sharing the convolutions between the shifts (shared-weight layers) or
     the weight reads (locally connected layers), then un-shifted and averaged. See :func:`shift_average`.
 
+``dw_separable(input, pw_weight, pw_bias, dw_weight, dw_bias, up=None, relu=True, pool=False)``,
+``conv3x3_stride2_relu(input, weight, bias)``
+    The face detector's (YuNet's) convolutions, inference only, CPU only: a depthwise-separable block (1x1
+    convolution, 3x3 depthwise convolution, ReLU, optional 2x2 max pooling and an optional top-down input added
+    with nearest 2x upsampling) in one pass, and the 3x3 stride-2 stem. See :func:`dw_separable`.
+
 All ops take float32 (fast path) or float64 (exact path for gradcheck), on CPU or CUDA (when built with CUDA).
 
 float16 weights: on the CPU the three ``lc_conv2d*`` forward ops also take a float16 ``weight`` with a float32
@@ -57,7 +63,10 @@ from . import _C
 __all__ = [
     "LC_EPILOGUES",
     "abs_tanh",
+    "conv3x3_stride2_relu",
     "cpu_isa",
+    "dw_separable",
+    "dw_separable_supported",
     "face_patches",
     "cpu_isas_supported",
     "lc_conv2d",
@@ -285,6 +294,60 @@ def face_patches(
     return _ops.face_patches(list(images), image_index, boxes, int(size), orders[channel_order], bool(standardise))
 
 
+def dw_separable(
+    input: Tensor,
+    pw_weight: Tensor,
+    pw_bias: Tensor,
+    dw_weight: Tensor,
+    dw_bias: Tensor,
+    up: Tensor | None = None,
+    relu: bool = True,
+    pool: bool = False,
+) -> Tensor:
+    """A depthwise-separable block in one pass (inference only, CPU only)::
+
+        z   = conv2d(input + up2(up), pw_weight[:, :, None, None], pw_bias)          # 1x1, C_in -> C_out
+        out = conv2d(z, dw_weight[:, None], dw_bias, padding=1, groups=C_out)          # depthwise 3x3
+        out = max_pool2d(relu(out), 2)                                                 # each step if asked
+
+    ``up2`` is nearest-neighbour 2x upsampling (each cell copied to a 2x2 block). Each row of ``z`` is computed
+    once, just before the depthwise rows that need it, so ``z`` never exists as a whole tensor.
+
+    Args:
+        input: Tensor[N, C_in, H, W], float32 or float64 (any strides; channels-last is read without a copy).
+        pw_weight: Tensor[C_out, C_in]; pw_bias: Tensor[C_out].
+        dw_weight: Tensor[C_out, 3, 3]; dw_bias: Tensor[C_out].
+        up: Tensor[N, C_in, H/2, W/2] or None (H and W even).
+        relu, pool: the ReLU and the 2x2 floor-mode max pooling (NaN propagates, as in torch).
+
+    Returns:
+        Tensor[N, C_out, H', W'] (``H' = H // 2`` with ``pool``), channels-last strides.
+    """
+    _refuse_grad("dw_separable", "torch.nn.functional.conv2d", input, pw_weight, pw_bias, dw_weight, dw_bias, up)
+    return _ops.dw_separable(input, pw_weight, pw_bias, dw_weight, dw_bias, up, bool(relu), bool(pool))
+
+
+def conv3x3_stride2_relu(input: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``relu(conv2d(input, weight, bias, stride=2, padding=1))`` (inference only, CPU only): the detector's stem.
+
+    Args:
+        input: Tensor[N, C_in, H, W], float32 or float64; weight: Tensor[C_out, C_in, 3, 3]; bias: Tensor[C_out].
+
+    Returns:
+        Tensor[N, C_out, ceil(H / 2), ceil(W / 2)], channels-last strides.
+    """
+    _refuse_grad("conv3x3_stride2_relu", "torch.nn.functional.conv2d", input, weight, bias)
+    return _ops.conv3x3_stride2_relu(input, weight, bias)
+
+
+def dw_separable_supported(input: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`dw_separable` and :func:`conv3x3_stride2_relu` serve this input and weight: CPU float32 or
+    float64 tensors of one dtype, without gradients (the ops are inference-only)."""
+    return (input.device.type == "cpu" and weight.device.type == "cpu" and input.dtype == weight.dtype
+            and input.dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)))
+
+
 def as_shift_array(shifts):
     """``[K, 2]`` whole-pixel ``(dx, dy)`` shifts (sequence, ndarray or tensor; one pair may be flat) -> int64
     ndarray ``[K, 2]``; ``ValueError`` naming the problem otherwise."""
@@ -439,6 +502,29 @@ def _shift_average_fake(crop, shifts, window, conv_weight, conv_bias, pool_after
     return crop.new_empty((n, num_points, 2)), crop.new_empty((n, k, d))
 
 
+def _channels_last_empty(like: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
+    return like.new_empty((n, c, h, w)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("tcdcn_ext::dw_separable")
+def _dw_separable_fake(input, pw_weight, pw_bias, dw_weight, dw_bias, up=None, relu=True, pool=False):
+    torch._check(input.dim() == 4, lambda: f"dw_separable: input must be 4-D [N, C, H, W], got {input.dim()}-D")
+    torch._check(pw_weight.dim() == 2, lambda: f"dw_separable: pw_weight must be [C_out, C_in], got "
+                                               f"{tuple(pw_weight.shape)}")
+    torch._check(input.shape[1] == pw_weight.shape[1], lambda: "dw_separable: input channels do not match pw_weight")
+    n, _, h, w = input.shape
+    c_out = pw_weight.shape[0]
+    return _channels_last_empty(input, n, c_out, h // 2 if pool else h, w // 2 if pool else w)
+
+
+@torch.library.register_fake("tcdcn_ext::conv3x3_stride2_relu")
+def _conv3x3_stride2_relu_fake(input, weight, bias):
+    torch._check(input.dim() == 4, lambda: f"conv3x3_stride2_relu: input must be 4-D, got {input.dim()}-D")
+    torch._check(weight.dim() == 4, lambda: f"conv3x3_stride2_relu: weight must be 4-D, got {weight.dim()}-D")
+    n, _, h, w = input.shape
+    return _channels_last_empty(input, n, weight.shape[0], (h + 1) // 2, (w + 1) // 2)
+
+
 @torch.library.register_fake("tcdcn_ext::abs_tanh")
 def _abs_tanh_fake(x):
     if _is_dense(x):
@@ -490,6 +576,16 @@ torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh", _fused_backward
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d", _fused_backward,
                                 setup_context=_fused_setup_context)
 torch.library.register_autograd("tcdcn_ext::lc_conv2d_stack", _fused_backward, setup_context=_fused_setup_context)
+
+
+def _detector_backward(ctx, grad_output):
+    raise RuntimeError("dw_separable and conv3x3_stride2_relu (the face detector's convolutions) are inference-only "
+                       "and have no backward; use tcdcn_ext._reference.dw_separable (torch.nn.functional) to train")
+
+
+torch.library.register_autograd("tcdcn_ext::dw_separable", _detector_backward, setup_context=_fused_setup_context)
+torch.library.register_autograd("tcdcn_ext::conv3x3_stride2_relu", _detector_backward,
+                                setup_context=_fused_setup_context)
 
 
 def _shift_average_backward(ctx, *grads):

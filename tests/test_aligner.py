@@ -51,8 +51,7 @@ def boxed(weights) -> Aligner:
 
 @pytest.fixture(scope="module")
 def detecting(weights) -> Aligner:
-    pytest.importorskip("yuface")
-    return Aligner(model=weights, detector="yuface")
+    return Aligner(model=weights, detector="yunet")
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +311,7 @@ def test_68_points_detected_calibrated_and_averaged(rgb):
     from tcdcn_ext.detect import CALIBRATION_68PT
 
     plain = Aligner(points=68, detector="auto")
-    if plain._detect is None:
-        pytest.skip("no face detector is installed (yuface)")
+    assert plain._detect is not None  # the bundled detector is always there
     assert plain.calibration is CALIBRATION_68PT
     faces = plain(rgb)
     assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].attributes == {}
@@ -442,7 +440,6 @@ def test_draw_faces(boxed, rgb):
 
 
 def test_cli_demo(weights, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("yuface")
     from tcdcn_ext.align_cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -456,7 +453,6 @@ def test_cli_demo(weights, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_folder_json_lines_and_draw(weights, face_crop, tmp_path):
-    pytest.importorskip("yuface")
     from tcdcn_ext.align_cli import main
 
     src = tmp_path / "in"
@@ -477,7 +473,6 @@ def test_cli_folder_json_lines_and_draw(weights, face_crop, tmp_path):
 
 
 def test_cli_video_tracking(weights, face_crop, tmp_path):
-    pytest.importorskip("yuface")
     from tcdcn_ext.align_cli import main
 
     video = tmp_path / "clip.avi"
@@ -503,4 +498,4 @@ def test_cli_usage_errors(weights, capsys):
     from tcdcn_ext.align_cli import main
 
     assert main([]) == 2
-    assert main(["x.jpg", "y.jpg", "--draw", "out.mp4", "--model", weights, "--detector", "yuface"]) in (2,)
+    assert main(["x.jpg", "y.jpg", "--draw", "out.mp4", "--model", weights, "--detector", "yunet"]) in (2,)

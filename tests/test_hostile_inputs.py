@@ -359,7 +359,6 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def test_truncated_and_fake_videos(crop, tmp_path):
-    pytest.importorskip("yuface")
     from tcdcn_ext.align_cli import main
 
     frames = [np.roll(crop, k, axis=1) for k in range(12)]
@@ -391,7 +390,6 @@ def test_truncated_and_fake_videos(crop, tmp_path):
 def test_cli_mixed_folder_keeps_going(crop, tmp_path):
     """``python -m tcdcn_ext align`` on a folder of good and bad files, in a subprocess (a crash would show as a
     signal exit): every file gets one JSON line, the bad ones an error naming them, exit status 1."""
-    pytest.importorskip("yuface")
     src = tmp_path / "in"
     src.mkdir()
     ok, jpg = cv2.imencode(".jpg", crop[:, :, ::-1])

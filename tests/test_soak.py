@@ -49,8 +49,7 @@ def synthetic_faces(rgb: np.ndarray, count: int, seed: int, size: int = 112) -> 
 def test_one_aligner_shared_by_8_threads_matches_sequential(rgb, count, detections):
     """``count`` boxed faces and ``detections`` detected ones, one Aligner, 8 threads: every Face equal (exactly)
     to the sequential call's. The 1,000-face run takes ~55 s on 2 loaded cores, hence ``slow``."""
-    pytest.importorskip("yuface")
-    aligner = Aligner(detector="yuface")
+    aligner = Aligner(detector="yunet")
     jobs = [(img, boxes) for img, boxes in synthetic_faces(rgb, count, seed=0)]
     big = [(cv2.resize(img, (160, 160)), None) for img, _ in synthetic_faces(rgb, detections, seed=1)]
     jobs += big  # no boxes: detection, then refinement

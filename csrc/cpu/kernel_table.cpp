@@ -22,6 +22,10 @@ template <>
 const AbsTanhKernels<float>& abs_tanh_kernels<float>() { TCDCN_PICK(abs_tanh_kernels_f32); }
 template <>
 const AbsTanhKernels<double>& abs_tanh_kernels<double>() { TCDCN_PICK(abs_tanh_kernels_f64); }
+template <>
+const DwSepKernels<float>& dw_separable_kernels<float>() { TCDCN_PICK(dw_separable_kernels_f32); }
+template <>
+const DwSepKernels<double>& dw_separable_kernels<double>() { TCDCN_PICK(dw_separable_kernels_f64); }
 
 #undef TCDCN_PICK
 

@@ -10,5 +10,7 @@ template <typename T>
 const LcKernels<T>& lc_kernels();
 template <typename T>
 const AbsTanhKernels<T>& abs_tanh_kernels();
+template <typename T>
+const DwSepKernels<T>& dw_separable_kernels();
 
 }  // namespace tcdcn::cpu

@@ -70,12 +70,43 @@ struct AbsTanhKernels {
   void (*backward)(const T* go, const T* x, T* gi, int64_t n);
 };
 
+// Geometry of the detector's convolutions (dw_separable, stem): activations channels-last and contiguous.
+struct DwSepGeom {
+  int64_t N, H, W;      // input [N, H, W, C_in]
+  int64_t C_in, C_out;  // output [N, H', W', C_out]
+  int64_t Cp;           // dws_channel_pad(C_out): the weights' and biases' padded column count
+  int relu, pool;       // dw_separable: ReLU after the depthwise conv; 2x2 floor-mode max pooling after that
+};
+
+// Padded channel count of the detector weights: C_out rounded up to a multiple of 16 (every vector width).
+constexpr int64_t dws_channel_pad(int64_t c_out) { return (c_out + 15) / 16 * 16; }
+
+// Scratch elements one dw_separable_block call needs (its ring, zero row, depthwise rows and summed-input row).
+constexpr int64_t dws_block_scratch(int64_t W, int64_t C_in, int64_t Cp) { return (4 * (W + 2) + 2 * W) * Cp + W * C_in; }
+
+template <typename T>
+struct DwSepKernels {
+  // Depthwise-separable block (dw_separable_body.h) for image n, output rows [r0, r1) (pooled rows when g.pool):
+  // in [N, H, W, C_in]; up [N, H/2, W/2, C_in] or null (added with nearest 2x upsampling before the pointwise
+  // conv); pw [C_in, Cp], pb [Cp], dw [9, Cp] (tap dy * 3 + dx), db [Cp]; out [N, H or H/2, W or W/2, C_out];
+  // scratch: dws_block_scratch(W, C_in, Cp) elements owned by the caller.
+  void (*block)(const DwSepGeom& g, const T* in, const T* up, const T* pw, const T* pb, const T* dw, const T* db,
+                T* out, int64_t n, int64_t r0, int64_t r1, T* scratch);
+  // 3x3 stride-2 convolution, zero padding 1, then ReLU, for image n, output rows [r0, r1): in [N, H, W, C_in];
+  // w [9 * C_in, Cp] (row (kh * 3 + kw) * C_in + ci), b [Cp]; out [N, ceil(H/2), ceil(W/2), C_out]; scratch:
+  // ceil(W/2) * Cp elements.
+  void (*stem)(const DwSepGeom& g, const T* in, const T* w, const T* b, T* out, int64_t n, int64_t r0, int64_t r1,
+               T* scratch);
+};
+
 #define TCDCN_DECLARE_ISA(isa)                                                                      \
   namespace isa {                                                                                   \
   extern const LcKernels<float> lc_kernels_f32;                                                     \
   extern const LcKernels<double> lc_kernels_f64;                                                    \
   extern const AbsTanhKernels<float> abs_tanh_kernels_f32;                                          \
   extern const AbsTanhKernels<double> abs_tanh_kernels_f64;                                         \
+  extern const DwSepKernels<float> dw_separable_kernels_f32;                                        \
+  extern const DwSepKernels<double> dw_separable_kernels_f64;                                       \
   }
 TCDCN_DECLARE_ISA(ref)
 TCDCN_DECLARE_ISA(avx2)

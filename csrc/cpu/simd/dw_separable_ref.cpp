@@ -1,0 +1,11 @@
+// dw_separable (detector) kernels for the 'ref' CPU path. This file includes no torch header and is compiled with only its
+// own ISA flags (setup.py: SIMD_FLAGS); it is called only when tcdcn::cpu::active_isa() selects 'ref'.
+#include "cpu/simd/kernels.h"
+
+#define TCDCN_VEC_BYTES 0
+#define TCDCN_NUM_VREGS 16
+
+namespace tcdcn::cpu::ref {
+#include "cpu/simd/vec.h"
+#include "cpu/simd/dw_separable_body.h"
+}  // namespace tcdcn::cpu::ref
