@@ -1,17 +1,28 @@
-"""Deployment paths for the shipped models: torch.compile(fullgraph=True) and torch.export (save/load)."""
+"""Deployment paths for the shipped models: torch.compile(fullgraph=True), torch.export (save/load) and ONNX.
+
+The compile and export tests need no extra package; the ONNX ones need ``onnx``, ``onnxscript`` and ``onnxruntime``
+(``pip install ".[onnx]"``) and skip with a reason without them.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import operator
 
 import pytest
 import torch
 
+from tcdcn_ext import export as tx
+from tcdcn_ext.averaging import default_shifts
 from tcdcn_ext.model import TCDCN, load_model, shipped_models
 
 MODELS = [pytest.param(name, marks=pytest.mark.skipif(name not in shipped_models(),
                                                       reason=f"the shipped {name} model is not installed"))
           for name in ("5pt", "68pt")]
+
+_missing_onnx = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+needs_onnx = pytest.mark.skipif(bool(_missing_onnx), reason=f"needs {', '.join(_missing_onnx)} (the optional extra: "
+                                f"pip install \".[onnx]\")")
 
 
 def inputs(model: TCDCN, n: int, margin: int = 0) -> torch.Tensor:
@@ -107,3 +118,95 @@ def test_export_graph_is_registered_ops_and_reloads(name, tmp_path):
         xb = inputs(model, n)
         with torch.inference_mode():
             assert_same_outputs(loaded(xb), model(xb))
+
+
+def test_cli_writes_a_program(tmp_path, capsys):
+    path = tmp_path / "m.pt2"
+    assert tx.main(["--model", "5pt", "--pt2", str(path)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = load_model("5pt")
+    x = inputs(model, 3)
+    with torch.inference_mode():
+        assert_same_outputs(torch.export.load(path).module()(x), model(x))
+
+
+def test_cli_refuses_averaged_programs(tmp_path):
+    with pytest.raises(SystemExit):
+        tx.main(["--pt2", str(tmp_path / "m.pt2"), "--averaged"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX: the standard-operator module (no extra needed), then the written graph under onnxruntime
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_portable_module_equals_the_model(name):
+    model = load_model(name)
+    x = inputs(model, 3)
+    portable = tx.portable_module(model)
+    with torch.inference_mode():
+        got = dict(zip(portable.output_names, portable(x)))
+        assert_same_outputs(got, model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_averaged_portable_module_equals_predict_shift_average(name):
+    model = load_model(name)
+    shifts = default_shifts(model)
+    crop = inputs(model, 2, margin=int(abs(shifts).max()))
+    portable = tx.portable_module(model, shifts)
+    with torch.inference_mode():
+        got = dict(zip(portable.output_names, portable(crop)))
+        assert_same_outputs(got, model.predict_shift_average(crop, shifts), rtol=1e-5, atol=1e-5)
+
+
+def test_portable_module_refuses_what_it_does_not_cover():
+    model = TCDCN()
+    model.conv[2] = torch.nn.AvgPool2d(2)
+    with pytest.raises(ValueError, match="not one the export covers"):
+        tx.portable_module(model)
+
+
+@needs_onnx
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_standard_ops_dynamic_batch_equals_native(name, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model = load_model(name)
+    path = tx.to_onnx(model, tmp_path / f"{name}.onnx")
+    graph = onnx.load(str(path))
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch dimension
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["landmarks"] + list(model.config.aux_tasks)
+    for n in (1, 5):
+        x = inputs(model, n)
+        with torch.inference_mode():
+            want = model(x)
+        got = dict(zip(names, session.run(None, {"input": x.numpy()})))
+        for k in names:
+            torch.testing.assert_close(torch.from_numpy(got[k]), want[k], rtol=0, atol=1e-4, msg=k)
+
+
+@needs_onnx
+def test_onnx_averaged_equals_predict_shift_average(tmp_path):
+    import onnxruntime as ort
+
+    model = load_model("5pt")
+    shifts = default_shifts(model)
+    path = tx.to_onnx(model, tmp_path / "avg.onnx", shifts=shifts)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    crop = inputs(model, 3, margin=int(abs(shifts).max()))
+    with torch.inference_mode():
+        want = model.predict_shift_average(crop, shifts)
+    got = session.run(None, {"crop": crop.numpy()})
+    for k, v in zip(want, got):
+        torch.testing.assert_close(torch.from_numpy(v), want[k], rtol=0, atol=1e-4, msg=k)
+
+
+def test_to_onnx_checks_its_arguments(tmp_path):
+    with pytest.raises(ValueError, match="opset"):
+        tx.to_onnx(TCDCN(), tmp_path / "m.onnx", opset=17)
