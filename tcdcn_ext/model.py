@@ -223,7 +223,7 @@ class TCDCN(nn.Module):
         gradients), else None."""
         if x.dtype != torch.float32 or not x.is_cpu:
             return None
-        if torch.compiler.is_compiling():
+        if _tracing():
             return None  # tracing can neither run the watch nor build a plan (forward(): _traced_forward)
         plan = self._plan
         # (An empty plan depends only on the architecture and the parameters' dtype and device, whose changes
@@ -391,7 +391,7 @@ class TCDCN(nn.Module):
         """The CPU inference path's ``what`` (an engine method: ``"outputs"``, forward()'s dict; ``"stacked"`` or
         ``"probabilities"``, ``[N, D]``) for x, the caller having checked eval mode and no gradients; None where the
         path does not serve x (the module path then names what is wrong with it)."""
-        if torch.compiler.is_compiling():
+        if _tracing():
             return None  # the engine is no dispatcher op: the callers' fallbacks go through forward()
         plan = self._inference_plan(x)  # (re)built when missing or stale
         return None if plan is None else getattr(plan.engine, what)(x)
@@ -421,18 +421,22 @@ class TCDCN(nn.Module):
         return torch.cat([parts[0]] + [p.softmax(dim=1) for p in parts[1:]], dim=1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        if torch.compiler.is_compiling() and not self.training and (
-                not torch.is_grad_enabled() or torch.compiler.is_exporting()):
+        if not (torch.is_grad_enabled() or self.training):
+            if _tracing():
+                out = self._traced_forward(x)
+                if out is not None:
+                    return out
+            else:
+                # The CPU inference path: one native call returns the dict (batch 1 spends ~0.25 ms streaming
+                # weights; every Python step after it runs on caches that stream evicted, so there are few).
+                plan = self._plan
+                out = plan.engine.outputs(x) if plan is not None and plan.engine is not None else None
+                if out is None:
+                    out = self._planned(x, "outputs")
+                if out is not None:
+                    return out
+        elif torch.compiler.is_exporting() and not self.training:  # export's graph is for inference
             out = self._traced_forward(x)
-            if out is not None:
-                return out
-        elif not (torch.is_grad_enabled() or self.training):
-            # The CPU inference path: one native call returns the dict (batch 1 spends ~0.25 ms streaming weights;
-            # every Python step after it runs on caches that stream evicted, so there are few).
-            plan = self._plan
-            out = plan.engine.outputs(x) if plan is not None and plan.engine is not None else None
-            if out is None:
-                out = self._planned(x, "outputs")
             if out is not None:
                 return out
         f = self.features(x)
@@ -453,12 +457,17 @@ class TCDCN(nn.Module):
           graph, :meth:`_stack_layers`): the exported program's state is the model's own, and it runs wherever this
           package is installed.
 
-        None where the stack does not cover the model or the input (the module path then runs).
+        None where the stack does not cover the model or the input, and under torch.jit.trace (whose tracer takes
+        no ``Tensor?[]`` argument): the module path then runs, on the per-layer ops (the engine would be recorded as
+        constant outputs).
         """
+        if torch.jit.is_tracing():
+            return None
         self._check_input(x)
         heads = self._heads()
         sizes = [h.out_features for _, h in heads]
-        if x.is_cpu and x.dtype == torch.float32 and not torch.compiler.is_exporting():
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        if compiling and x.is_cpu and x.dtype == torch.float32:
             # (No look at the parameters here: each one read would be a guard checked on every compiled call.)
             y = torch.ops.tcdcn_ext.inference_engine(x, self._engine_key, sum(sizes))
         else:
@@ -632,6 +641,11 @@ class CudaGraphForward:
 
 # Called directly on the inference path, which needs none of the Python wrapper's argument handling.
 _LC_STACK = torch.ops.tcdcn_ext.lc_conv2d_stack.default
+
+def _tracing() -> bool:
+    """Whether a forward is being traced (torch.compile, torch.export, torch.jit.trace)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
 
 # The models that tcdcn_ext::inference_engine serves, by key (a counter: a key is never reused, unlike id()).
 _ENGINES: "weakref.WeakValueDictionary[int, TCDCN]" = weakref.WeakValueDictionary()

@@ -135,6 +135,16 @@ def test_cli_refuses_averaged_programs(tmp_path):
         tx.main(["--pt2", str(tmp_path / "m.pt2"), "--averaged"])
 
 
+def test_jit_trace_records_the_ops_not_the_engine_outputs():
+    """torch.jit.trace after an eager call used to record the native engine's outputs as constants."""
+    model = load_model("5pt")
+    x, other = inputs(model, 2), inputs(model, 3)
+    with torch.no_grad():
+        model(x)  # the plan and engine exist
+        traced = torch.jit.trace(model, (x,), strict=False, check_trace=False)
+        assert_same_outputs(traced(other), model(other), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # ONNX: the standard-operator module (no extra needed), then the written graph under onnxruntime
 
