@@ -138,8 +138,8 @@ class AveragedPortableTCDCN(nn.Module):
 
 def portable_module(model: TCDCN, shifts=None) -> nn.Module:
     """The model's eval-mode forward (``shifts=None``: :class:`PortableTCDCN`) or TCDCN-Averaged over ``shifts``
-    (:class:`AveragedPortableTCDCN`) in standard PyTorch operators, on the CPU in float32."""
-    model = model.eval()
+    (:class:`AveragedPortableTCDCN`) in standard PyTorch operators, on the CPU in float32 (copies of the parameters;
+    the model itself, and its mode, are left as they are)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("portable_module: move the model to the CPU first (model.cpu())")
     return (PortableTCDCN(model) if shifts is None else AveragedPortableTCDCN(model, shifts)).eval()
@@ -238,6 +238,11 @@ def check_onnx(model: TCDCN, path: str | os.PathLike, shifts=None, batch: int = 
     x = torch.randn(batch, 1, s + 2 * m, s + 2 * m, generator=g)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.inference_mode():
-        want = model.eval()(x)["landmarks"] if shifts is None else model.predict_shift_average(x, shifts)["landmarks"]
-    return float((torch.from_numpy(got) - want).abs().max())
+    was_training = model.training
+    try:
+        with torch.inference_mode():
+            model.eval()
+            want = model(x) if shifts is None else model.predict_shift_average(x, shifts)
+    finally:
+        model.train(was_training)
+    return float((torch.from_numpy(got) - want["landmarks"]).abs().max())
