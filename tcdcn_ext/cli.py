@@ -1,4 +1,5 @@
-"""Command-line entry points: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-eval`` (also ``python -m tcdcn_ext``)."""
+"""Command-line entry points: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-eval``, ``tcdcn-export`` (also
+``python -m tcdcn_ext``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["align_main", "eval_main", "main", "train_main"]
+__all__ = ["align_main", "eval_main", "export_main", "main", "train_main"]
 
 
 def align_main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +22,14 @@ def align_main(argv: Sequence[str] | None = None) -> int:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``tcdcn-train``: train a model (see ``tcdcn-train --help``)."""
     from .train import main as _main
+
+    return _main(argv)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``tcdcn-export``: write a model as ONNX (standard operators) and/or a torch.export program (see
+    ``tcdcn-export --help``)."""
+    from .export import main as _main
 
     return _main(argv)
 
@@ -88,13 +97,13 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tcdcn_ext {align,train,eval} ...``."""
+    """``python -m tcdcn_ext {align,train,eval,export} ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"align": align_main, "train": train_main, "eval": eval_main}
+    commands = {"align": align_main, "train": train_main, "eval": eval_main, "export": export_main}
     if not argv or argv[0] not in commands:
         if argv and argv[0] not in ("-h", "--help"):
             return align_main(argv)  # `python -m tcdcn_ext IMG ...` behaves like tcdcn-align
-        print("usage: python -m tcdcn_ext {align,train,eval} [options]   (align is the default)")
+        print("usage: python -m tcdcn_ext {align,train,eval,export} [options]   (align is the default)")
         return 0 if argv else 2
     return commands[argv[0]](argv[1:])
 

@@ -24,9 +24,11 @@ normalised frame ``(u, v)``, with ``x = x0 + u (x1 - x0)``, ``y = y0 + v (y1 - y
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,6 +145,7 @@ class TCDCN(nn.Module):
             self.landmark_head.bias.copy_(torch.full((2 * config.num_points,), 0.5))
         self._inference_weights: str = "auto"
         self._plan: _InferencePlan | None = None  # the one-op CPU inference path's tensors, built on first use
+        self._engine_key = _register_engine(self)  # this model's handle in tcdcn_ext::inference_engine
 
     @property
     def num_points(self) -> int:
@@ -211,6 +214,7 @@ class TCDCN(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._engine_key = _register_engine(self)  # a copy (copy, deepcopy, pickle) is another engine
         self.__dict__.setdefault("_inference_weights", "auto")
         self.__dict__.setdefault("_plan", None)
 
@@ -219,6 +223,8 @@ class TCDCN(nn.Module):
         gradients), else None."""
         if x.dtype != torch.float32 or not x.is_cpu:
             return None
+        if _tracing():
+            return None  # tracing can neither run the watch nor build a plan (forward(): _traced_forward)
         plan = self._plan
         # (An empty plan depends only on the architecture and the parameters' dtype and device, whose changes
         # go through _apply: no need to check its sources.)
@@ -241,15 +247,59 @@ class TCDCN(nn.Module):
                              f"(max |w| = {w.abs().max().item():.4g} > 65504)")
         return half
 
-    def _build_plan(self) -> "_InferencePlan":
-        """The whole forward as one native call (:class:`tcdcn_ext._C.StackEngine`, the layer schedule of
-        :func:`tcdcn_ext.ops.lc_conv2d_stack`; CPU, float32):
+    def _heads(self) -> list[tuple[str, nn.Linear]]:
+        """The heads by name, in the order of the stacked output: the landmarks, then ``config.aux_tasks``."""
+        return [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
+
+    def _stack_layers(self) -> "list[_StackLayer] | None":
+        """The network as :func:`tcdcn_ext.ops.lc_conv2d_stack` layers, read from the parameters (detached; the
+        conv layers' weights as they are, the fc and the heads relaid out): the one description of the inference
+        graph that the native plan (:meth:`_build_plan`), the traced forward (:meth:`_traced_forward`) and the
+        ONNX export (:mod:`tcdcn_ext.export`) all read.
 
         * each convolutional layer (locally connected, or spatially shared with stride 1 and no padding) with its
-          activation (|tanh| or ReLU) and the 2x2 max pooling after it (when there is one);
+          activation (|tanh| or ReLU) and the 2x2 max pooling after it (when there is one) as its epilogue;
         * the fc layer and its activation: a locally connected layer whose single window is the whole last map
           (weight ``[1, 1, C, s, s, F]`` from the fc's ``[F, C * s * s]``, input flattened as ``(c, y, x)``);
-        * every head, stacked: one more such layer, on the ``1 x 1`` feature map, with no epilogue.
+        * every head, stacked in :meth:`_heads` order: one more such layer, on the ``1 x 1`` feature map, with
+          no epilogue.
+
+        None where the architecture is not covered (stride or padding, a pooling of another kind, another
+        activation). Traceable: no data-dependent control flow.
+        """
+        act = {AbsTanh: 1, nn.ReLU: 3}.get(type(self.act))  # the epilogue codes; + 1: with 2x2 max pooling
+        if act is None:
+            return None
+        layers = list(self.conv)
+        out: list[_StackLayer] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if not (isinstance(layer, (LocallyConnected2d, nn.Conv2d)) and i + 1 < len(layers)
+                    and type(layers[i + 1]) is type(self.act) and _plain_conv(layer)):
+                return None
+            nxt = layers[i + 2] if i + 2 < len(layers) else None
+            pool = isinstance(nxt, nn.MaxPool2d)
+            if pool and not _is_plain_2x2(nxt):
+                return None
+            out.append(_StackLayer(f"conv[{i}]", layer.weight.detach(),
+                                   None if layer.bias is None else layer.bias.detach(), act + 1 if pool else act,
+                                   isinstance(layer, nn.Conv2d)))
+            i += 3 if pool else 2
+        c = self.config.channels[-1]
+        s = math.isqrt(self.flat_dim // c)  # the last map is c x s x s
+        fc_w = self.fc.weight.detach().reshape(1, 1, -1, c, s, s)  # natural [H_out, W_out, C_out, C_in, kH, kW]
+        out.append(_StackLayer("fc", ops.lc_weight_from_natural(fc_w), self.fc.bias.detach().reshape(-1, 1, 1),
+                               act, False))
+        heads = [h for _, h in self._heads()]
+        head_w = torch.cat([h.weight.detach() for h in heads]).reshape(1, 1, -1, self.config.feature_dim, 1, 1)
+        out.append(_StackLayer("heads", ops.lc_weight_from_natural(head_w),
+                               torch.cat([h.bias.detach() for h in heads]).reshape(-1, 1, 1), 0, False))
+        return out
+
+    def _build_plan(self) -> "_InferencePlan":
+        """The whole forward as one native call (:class:`tcdcn_ext._C.StackEngine`, the layers of
+        :meth:`_stack_layers` run as :func:`tcdcn_ext.ops.lc_conv2d_stack` does; CPU, float32).
 
         Weights as :meth:`set_inference_weights` says; biases of locally connected layers laid out channels-last
         (same shape and values, the layout the kernels read, so that the op does not transpose them on every call).
@@ -257,41 +307,22 @@ class TCDCN(nn.Module):
         OS gives them (:func:`_packed`). An architecture the op does not cover (stride or padding, a pooling of
         another kind, float64 parameters) gets an empty plan and keeps the per-module path.
         """
-        layers = list(self.conv)
-        heads = [("landmarks", self.landmark_head)] + list(self.aux_heads.items())
-        sources = [t for m in [*layers, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
+        heads = self._heads()
+        sources = [t for m in [*self.conv, self.fc, *(h for _, h in heads)] for t in m.parameters(recurse=False)]
         plan = _InferencePlan(_C.TensorWatch(sources), [], [], [], 0, [], [], None)
-        act = {AbsTanh: 1, nn.ReLU: 3}.get(type(self.act))  # the epilogue codes; + 1: with 2x2 max pooling
-        if act is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in sources):
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in sources):
+            return plan
+        layers = self._stack_layers()
+        if layers is None:
             return plan
         weights, biases, epilogues = [], [], []
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if not (isinstance(layer, (LocallyConnected2d, nn.Conv2d)) and i + 1 < len(layers)
-                    and type(layers[i + 1]) is type(self.act) and _plain_conv(layer)):
-                return plan
-            nxt = layers[i + 2] if i + 2 < len(layers) else None
-            pool = isinstance(nxt, nn.MaxPool2d)
-            if pool and not _is_plain_2x2(nxt):
-                return plan
-            w = self._inference_weight(f"conv[{i}]", layer.weight.detach().contiguous())
+        for layer in layers:
+            w = self._inference_weight(layer.name, layer.weight.contiguous())
             # A shared convolution reads its (cached) weights at every location: widening float16 on each load
             # would cost more than the bytes save, so it keeps float32 values (float16-rounded ones when so set).
-            weights.append(w.float() if isinstance(layer, nn.Conv2d) else w)
-            biases.append(None if layer.bias is None else layer.bias.detach())
-            epilogues.append(act + 1 if pool else act)
-            i += 3 if pool else 2
-        c = self.config.channels[-1]
-        s = math.isqrt(self.flat_dim // c)  # the last map is c x s x s
-        fc_w = self.fc.weight.detach().reshape(1, 1, -1, c, s, s)  # natural [H_out, W_out, C_out, C_in, kH, kW]
-        weights.append(self._inference_weight("fc", ops.lc_weight_from_natural(fc_w)))
-        biases.append(self.fc.bias.detach().reshape(-1, 1, 1))
-        epilogues.append(act)
-        head_w = torch.cat([h.weight.detach() for _, h in heads]).reshape(1, 1, -1, self.config.feature_dim, 1, 1)
-        weights.append(self._inference_weight("heads", ops.lc_weight_from_natural(head_w)))
-        biases.append(torch.cat([h.bias.detach() for _, h in heads]).reshape(-1, 1, 1))
-        epilogues.append(0)
+            weights.append(w.float() if layer.shared else w)
+            biases.append(layer.bias)
+            epilogues.append(layer.epilogue)
         # One buffer: each layer's bias (locally connected: as [H, W, C], a channels-last [C, H, W] in memory), then
         # its weight.
         def hwc(b):
@@ -360,6 +391,8 @@ class TCDCN(nn.Module):
         """The CPU inference path's ``what`` (an engine method: ``"outputs"``, forward()'s dict; ``"stacked"`` or
         ``"probabilities"``, ``[N, D]``) for x, the caller having checked eval mode and no gradients; None where the
         path does not serve x (the module path then names what is wrong with it)."""
+        if _tracing():
+            return None  # the engine is no dispatcher op: the callers' fallbacks go through forward()
         plan = self._inference_plan(x)  # (re)built when missing or stale
         return None if plan is None else getattr(plan.engine, what)(x)
 
@@ -389,18 +422,62 @@ class TCDCN(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if not (torch.is_grad_enabled() or self.training):
-            # The CPU inference path: one native call returns the dict (batch 1 spends ~0.25 ms streaming weights;
-            # every Python step after it runs on caches that stream evicted, so there are few).
-            plan = self._plan
-            out = plan.engine.outputs(x) if plan is not None and plan.engine is not None else None
-            if out is None:
-                out = self._planned(x, "outputs")
+            if _tracing():
+                out = self._traced_forward(x)
+                if out is not None:
+                    return out
+            else:
+                # The CPU inference path: one native call returns the dict (batch 1 spends ~0.25 ms streaming
+                # weights; every Python step after it runs on caches that stream evicted, so there are few).
+                plan = self._plan
+                out = plan.engine.outputs(x) if plan is not None and plan.engine is not None else None
+                if out is None:
+                    out = self._planned(x, "outputs")
+                if out is not None:
+                    return out
+        elif torch.compiler.is_exporting() and not self.training:  # export's graph is for inference
+            out = self._traced_forward(x)
             if out is not None:
                 return out
         f = self.features(x)
         out = {"landmarks": self.landmark_head(f).view(-1, self.config.num_points, 2)}
         for task, head in self.aux_heads.items():
             out[task] = head(f)
+        return out
+
+    def _traced_forward(self, x: Tensor) -> dict[str, Tensor] | None:
+        """forward() in eval mode under torch.compile (without gradients) or torch.export: the graph holds one
+        registered op with a fake kernel (the native engine of the eager path is a Python-side object, which tracing
+        cannot enter), then views of its ``[N, D]`` output.
+
+        * torch.compile: ``tcdcn_ext::inference_engine`` (:func:`_inference_engine`), the eager inference path as an
+          op: at run time it checks the parameters' watch, rebuilds the plan when they changed, and runs the native
+          engine, so a compiled model follows its parameters as the eager one does.
+        * torch.export: ``tcdcn_ext::lc_conv2d_stack`` on the parameters (float32; fc and heads relaid out in the
+          graph, :meth:`_stack_layers`): the exported program's state is the model's own, and it runs wherever this
+          package is installed.
+
+        None where the stack does not cover the model or the input, and under torch.jit.trace (whose tracer takes
+        no ``Tensor?[]`` argument): the module path then runs, on the per-layer ops (the engine would be recorded as
+        constant outputs).
+        """
+        if torch.jit.is_tracing():
+            return None
+        self._check_input(x)
+        heads = self._heads()
+        sizes = [h.out_features for _, h in heads]
+        compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        if compiling and x.is_cpu and x.dtype == torch.float32:
+            # (No look at the parameters here: each one read would be a guard checked on every compiled call.)
+            y = torch.ops.tcdcn_ext.inference_engine(x, self._engine_key, sum(sizes))
+        else:
+            layers = self._stack_layers() if x.is_cpu and x.dtype in (torch.float32, torch.float64) else None
+            if layers is None or any(t.dtype != x.dtype or not t.is_cpu for t in self.parameters()):
+                return None
+            y = _LC_STACK(x, [layer.weight for layer in layers], [layer.bias for layer in layers],
+                          [layer.epilogue for layer in layers]).flatten(1)  # [N, D, 1, 1] channels-last -> [N, D]
+        out = dict(zip([name for name, _ in heads], y.split(sizes, dim=1)))
+        out["landmarks"] = out["landmarks"].view(-1, self.config.num_points, 2)
         return out
 
     # -- pre/post-processing -----------------------------------------------------------------------------------
@@ -565,6 +642,55 @@ class CudaGraphForward:
 # Called directly on the inference path, which needs none of the Python wrapper's argument handling.
 _LC_STACK = torch.ops.tcdcn_ext.lc_conv2d_stack.default
 
+def _tracing() -> bool:
+    """Whether a forward is being traced (torch.compile, torch.export, torch.jit.trace)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+# The models that tcdcn_ext::inference_engine serves, by key (a counter: a key is never reused, unlike id()).
+_ENGINES: "weakref.WeakValueDictionary[int, TCDCN]" = weakref.WeakValueDictionary()
+_ENGINE_KEYS = itertools.count(1)
+
+
+def _register_engine(model: TCDCN) -> int:
+    key = next(_ENGINE_KEYS)
+    _ENGINES[key] = model
+    return key
+
+
+# Defined with the low-level torch.library API rather than torch.library.custom_op: the dispatcher then calls the
+# kernel directly, without custom_op's Python layers (~20 us of a 0.3 ms batch-1 forward run on cold caches).
+torch.library.define("tcdcn_ext::inference_engine", "(Tensor x, int engine, int width) -> Tensor")
+
+
+@torch.library.impl("tcdcn_ext::inference_engine", "CPU")
+def _inference_engine(x: Tensor, engine: int, width: int) -> Tensor:
+    """``tcdcn_ext::inference_engine(x, engine, width)``: the CPU inference path of the TCDCN registered under
+    ``engine`` as a dispatcher op (what a compiled forward calls, :meth:`TCDCN._traced_forward`): every head's output
+    side by side, Tensor[N, width] (:meth:`TCDCN._forward_stacked`), from the native engine (its plan checked against
+    the parameters and rebuilt when they changed) or, where it does not serve x, the per-module path. Inference
+    only (no autograd kernel). The schema is defined here rather than in csrc/tcdcn_ext.cpp because the kernel is
+    this Python function."""
+    model = _ENGINES.get(engine)
+    if model is None:
+        raise RuntimeError(f"tcdcn_ext::inference_engine: no TCDCN model is registered under key {engine} (the "
+                           "model of this compiled graph was freed)")
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            y = model._forward_stacked(x)
+    else:
+        y = model._forward_stacked(x)
+    if y.shape[1] != width:
+        raise RuntimeError(f"tcdcn_ext::inference_engine: the model gives {y.shape[1]} columns, the graph expects "
+                           f"{width} (its heads changed after compilation; compile again)")
+    return y
+
+
+@torch.library.register_fake("tcdcn_ext::inference_engine")
+def _inference_engine_fake(x, engine, width):
+    torch._check(x.dim() == 4, lambda: f"inference_engine: x must be 4-D, got {x.dim()}-D")
+    return x.new_empty((x.shape[0], width))
+
 
 def _packed(tensors: Sequence[Tensor]) -> list[Tensor]:
     """Contiguous copies of the tensors, one after another (64-byte aligned) in one buffer on transparent huge
@@ -582,6 +708,18 @@ def _packed(tensors: Sequence[Tensor]) -> list[Tensor]:
         dst.copy_(t)
         out.append(dst)
     return out
+
+
+@dataclass
+class _StackLayer:
+    """One layer of :meth:`TCDCN._stack_layers`: lc_conv2d_stack's weight (6-D locally connected or 4-D shared),
+    bias and epilogue code, with a name for messages."""
+
+    name: str
+    weight: Tensor
+    bias: Tensor | None
+    epilogue: int
+    shared: bool
 
 
 @dataclass

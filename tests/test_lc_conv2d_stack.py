@@ -152,3 +152,30 @@ def test_shared_layer_errors_and_opcheck():
             torch.ops.tcdcn_ext.lc_conv2d_stack(x, weights[:1], biases[:1], [5])
     codes = [ops.LC_EPILOGUES[e] for e in epilogues]
     torch.library.opcheck(torch.ops.tcdcn_ext.lc_conv2d_stack.default, (x, weights, biases, codes))
+
+
+def test_shared_weight_layouts_follow_their_sources():
+    """The op remembers each shared weight's layout: an in-place change, new storage, a resize or a new tensor at
+    the same values must all give the current weights' result (inference tensors are never remembered)."""
+    x = torch.randn(2, 3, 9, 9)
+
+    def check(w, b):
+        torch.testing.assert_close(ops.lc_conv2d_stack(x, [w], [b], ["relu"]),
+                                   ref.lc_conv2d_stack(x, [w], [b], ["relu"]))
+
+    w, b = torch.randn(20, 3, 3, 3), torch.randn(20)
+    with torch.no_grad():
+        check(w, b)
+        w.mul_(-2)  # in place: a new version
+        check(w, b)
+        w.set_(torch.randn(20, 3, 3, 3))  # new storage
+        check(w, b)
+        w.resize_(24, 3, 3, 3).normal_()  # new shape, and a channel count with another padding
+        check(w, torch.randn(24))
+        for _ in range(40):  # more weights than the cache holds, freed and allocated again
+            check(torch.randn(20, 3, 3, 3), b)
+    with torch.inference_mode():
+        wi = torch.randn(20, 3, 3, 3)
+        check(wi, b)
+        wi.mul_(-2)  # an inference tensor has no version counter
+        check(wi, b)

@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <list>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,61 @@ int64_t grain_for(int64_t work_per_item) {
 at::Tensor pad_input(const at::Tensor& input, const LcShape& s) {
   if (s.pH == 0 && s.pW == 0) return input;
   return at::constant_pad_nd(input, {s.pW, s.pW, s.pH, s.pH}, 0);
+}
+
+// A spatially shared convolution's weight [C_out, C_in, kH, kW] laid out as conv_forward reads it: [K, cp] with
+// k = (ci * kH + kh) * kW + kw, the padding columns zero (cpu/simd/kernels.h).
+at::Tensor conv_weight_layout_uncached(const at::Tensor& w, int64_t cp) {
+  const int64_t c_out = w.size(0);
+  at::Tensor out = at::zeros({w.size(1) * w.size(2) * w.size(3), cp}, w.options());
+  out.narrow(1, 0, c_out).copy_(w.permute({1, 2, 3, 0}).reshape({-1, c_out}));
+  return out;
+}
+
+// conv_weight_layout_uncached, remembered for the last few weights it was asked for. lc_conv2d_stack called again and
+// again with the same weights (a compiled or exported TCDCN forward, whose graph holds the op rather than the
+// native engine that keeps a plan) would otherwise lay them out on every call: for the 68-point model's four
+// shared layers that is half the time of a batch-1 forward. An entry holds a weak reference to its source (the
+// tensor may be freed; its address is not reused while the entry exists), and the source's version counter, data
+// pointer and metadata, so that an in-place change, new storage or a resize lays it out again. Inference tensors
+// have no version counter and are never remembered.
+at::Tensor conv_weight_layout(const at::Tensor& w, int64_t cp) {
+  if (w.is_inference()) return conv_weight_layout_uncached(w, cp);
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> source;
+    int64_t version;
+    const void* data;
+    std::vector<int64_t> sizes, strides;
+    int64_t cp;
+    at::Tensor layout;
+  };
+  static std::mutex mutex;
+  static std::list<Entry> cache;  // most recently used first
+  constexpr size_t kCapacity = 16;
+  const c10::TensorImpl* impl = w.unsafeGetTensorImpl();
+  const int64_t version = int64_t(w._version());
+  const void* data = w.const_data_ptr();
+  const auto same = [&](const Entry& e) {
+    return e.source._unsafe_get_target() == impl && !e.source.expired() && e.version == version && e.data == data &&
+           e.cp == cp && w.sizes().equals(e.sizes) && w.strides().equals(e.strides) &&
+           e.layout.scalar_type() == w.scalar_type();
+  };
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto it = cache.begin(); it != cache.end(); ++it) {
+      if (same(*it)) {
+        cache.splice(cache.begin(), cache, it);
+        return cache.front().layout;
+      }
+    }
+  }
+  at::Tensor layout = conv_weight_layout_uncached(w, cp);
+  std::lock_guard<std::mutex> lock(mutex);
+  cache.remove_if([](const Entry& e) { return e.source.expired(); });
+  cache.push_front(Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr()), version, data,
+                         w.sizes().vec(), w.strides().vec(), cp, layout});
+  if (cache.size() > kCapacity) cache.pop_back();
+  return layout;
 }
 
 // The kernels' in_off table for an input with element strides (sC, sH, sW): tap k = (ci * kH + kh) * kW + kw.
@@ -263,8 +320,7 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
       l.C_in = in.size(1), l.H = in.size(2), l.W = in.size(3), l.C_out = w.size(0);
       l.kH = w.size(2), l.kW = w.size(3), l.H_out = l.H - l.kH + 1, l.W_out = l.W - l.kW + 1;
       const int64_t cp = cpu::conv_channel_pad(l.C_out);
-      l.weight = at::zeros({l.C_in * l.kH * l.kW, cp}, w.options());
-      l.weight.narrow(1, 0, l.C_out).copy_(w.permute({1, 2, 3, 0}).reshape({-1, l.C_out}));
+      l.weight = conv_weight_layout(w, cp);
       if (bias[i].has_value() && bias[i]->defined()) {
         const at::Tensor& b = *bias[i];
         TORCH_CHECK(b.dim() == 1 && b.size(0) == l.C_out, name, ": bias must be [C_out] = [", l.C_out,
