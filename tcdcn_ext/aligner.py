@@ -566,6 +566,27 @@ SEARCH_ANGLES = (-90.0, -45.0, 45.0, 90.0, 180.0)
 SEARCH_MARGIN = 0.1
 
 
+#: Detected faces whose landmarks tilt by more than this (degrees) are read again, turned level
+#: (:meth:`Aligner._level_tilted`): the landmark networks were trained with up to 15 degrees of rotation.
+LEVEL_ABOVE = 15.0
+
+
+def _roll_from_landmarks(pts: np.ndarray) -> np.ndarray:
+    """The eye line's angle (degrees, positive = clockwise as seen) of landmarks ``[F, P, 2]`` (5 or 68 points)."""
+    if pts.shape[1] == 68:
+        d = pts[:, 42:48].mean(1) - pts[:, 36:42].mean(1)
+    else:
+        d = pts[:, 1] - pts[:, 0]
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+
+
+def _box_from_landmarks(p: np.ndarray) -> np.ndarray:
+    """The model's box convention from a face's landmarks: the MTFL box model (5 points), the extent (68)."""
+    if len(p) == 5:
+        return data.predict_boxes_5pt(np.asarray(p, np.float64)[None])[0]
+    return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
+
+
 def _face_square(box: np.ndarray) -> tuple[np.ndarray, float]:
     """Centre and side of the square around a detected face that the orientation search and the upright copy
     read: 2.5 times the box's larger side, so that a face turned by any angle stays inside."""
@@ -857,6 +878,8 @@ class Aligner:
                 except ValueError:  # degenerate landmarks: keep the detector's box
                     pass
         pts, probs = self._predict(pairs, self.averaged)
+        if self.derotate:
+            self._level_tilted(jobs, pairs, pts, probs)
         n = len(pairs)
         pts = np.ascontiguousarray(pts)  # (its own array: the faces' landmarks are read-only rows of it)
         f = 0
@@ -871,6 +894,31 @@ class Aligner:
         faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(_AttributeTable(probs), n),
                          range(n)))
         return _group_by_image(jobs, faces)
+
+    def _level_tilted(self, jobs: list[_Job], pairs: list, pts: np.ndarray, probs: dict[str, np.ndarray]) -> None:
+        """Detected faces whose landmarks' eye line tilts by more than :data:`LEVEL_ABOVE` degrees (more than the
+        landmark networks were trained on) are read again from a copy of their surroundings turned level by that
+        tilt, up to twice; their landmarks (mapped back) and class probabilities replace the tilted reading's, in
+        place. Faces already read from an upright copy (the orientation search) are left as they are."""
+        eligible = np.concatenate([np.full(len(job.model_boxes), job.refine and job.back is None, bool)
+                                   for job in jobs]) if jobs else np.zeros(0, bool)
+        for _ in range(2):  # pts of these faces are in image coordinates; each reading cuts a copy from the image
+            roll = _roll_from_landmarks(pts)
+            todo = np.flatnonzero(eligible & (np.abs(roll) > LEVEL_ABOVE))
+            if len(todo) == 0:
+                return
+            level, inverse = [], []
+            for i in todo:
+                centre = pts[i].mean(0)
+                side = 2.5 * max(float(np.ptp(pts[i][:, 0])), float(np.ptp(pts[i][:, 1])), 8.0)
+                upright, fwd = _upright_copy(pairs[i][0], centre, side, float(roll[i]))
+                level.append((upright, _box_from_landmarks(pts[i] @ fwd[:, :2].T + fwd[:, 2])))
+                inverse.append(_invert_affine(fwd))
+            new_pts, new_probs = self._predict(level, self.averaged)
+            for k, i in enumerate(todo):
+                pts[i] = new_pts[k] @ inverse[k][:, :2].T + inverse[k][:, 2]
+                for t in probs:
+                    probs[t][i] = new_probs[t][k]
 
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""
