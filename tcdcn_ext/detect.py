@@ -235,10 +235,13 @@ class YuNetDetector:
             sx, sy = size[0] / w, size[1] / h
         hs, ws = small.shape[:2]
         hp, wp = -(-hs // DIVISOR) * DIVISOR, -(-ws // DIVISOR) * DIVISOR
-        # numpy, not torch, for this copy: torch splits a copy this size between its threads, and a parallel region
-        # costs milliseconds when the machine's cores are busy (see dw_separable_cpu.cpp).
-        x = np.zeros((1, hp, wp, 3), np.float32)
-        x[0, :hs, :ws] = small[:, :, ::-1]  # RGB -> BGR, uint8 -> float
+        # OpenCV for the channel swap, padding and conversion (~8x faster than numpy's strided copy), not torch: torch
+        # splits a copy this size between its threads, and a parallel region costs milliseconds when the machine's
+        # cores are busy (see dw_separable_cpu.cpp).
+        bgr = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2BGR)
+        if hp != hs or wp != ws:
+            bgr = cv2.copyMakeBorder(bgr, 0, hp - hs, 0, wp - ws, cv2.BORDER_CONSTANT, value=0)
+        x = bgr.astype(np.float32)[None]
         return torch.from_numpy(x).permute(0, 3, 1, 2), sx, sy
 
     @contextlib.contextmanager
