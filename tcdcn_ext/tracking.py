@@ -195,10 +195,17 @@ def synthetic_static_video(image_rgb: np.ndarray, frames: int = 60, max_shift: f
     """A "video" of a still face: ``image_rgb`` repeated ``frames`` times, each copy translated by a random
     sub-pixel shift (uniform in ``[-max_shift, max_shift]`` px per axis, bilinear) with Gaussian pixel noise
     (``noise`` grey levels). Returns ``(frames uint8 RGB, shifts [frames, 2])``."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     shifts = rng.uniform(-max_shift, max_shift, size=(frames, 2))
+    return _translated_frames(image_rgb, shifts, noise, rng), shifts
+
+
+def _translated_frames(image_rgb: np.ndarray, shifts: np.ndarray, noise: float,
+                       rng: np.random.Generator) -> list[np.ndarray]:
+    """``image_rgb`` translated by each ``(dx, dy)`` of ``shifts`` (bilinear, reflected borders) with Gaussian pixel
+    noise of ``noise`` grey levels, as uint8 frames."""
+    import cv2
+
     h, w = image_rgb.shape[:2]
     out = []
     for dx, dy in shifts:
@@ -207,7 +214,7 @@ def synthetic_static_video(image_rgb: np.ndarray, frames: int = 60, max_shift: f
                            borderMode=cv2.BORDER_REFLECT)
         f += rng.normal(0.0, noise, size=f.shape).astype(np.float32)
         out.append(np.clip(np.round(f), 0, 255).astype(np.uint8))
-    return out, shifts
+    return out
 
 
 def measure_jitter(aligner: Aligner, frames: list[np.ndarray], shifts: np.ndarray, mode: str = "smooth",
@@ -244,23 +251,13 @@ def synthetic_moving_video(image_rgb: np.ndarray, frames: int = 90, amplitude: f
     0.5 a sin(4 pi t / T + phase))`` pixels at time ``t`` (bilinear, reflected borders), plus a random sub-pixel
     wobble of +-0.25 px and Gaussian pixel noise (``noise`` grey levels). Returns ``(frames, shifts [frames, 2])``:
     the true translation of every frame."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     t = np.arange(frames) / fps
     phase = rng.uniform(0, 2 * np.pi)
     shifts = np.stack([amplitude * np.sin(2 * np.pi * t / period_s),
                        0.5 * amplitude * np.sin(4 * np.pi * t / period_s + phase)], 1)
     shifts += rng.uniform(-0.25, 0.25, size=shifts.shape)
-    h, w = image_rgb.shape[:2]
-    out = []
-    for dx, dy in shifts:
-        m = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-        f = cv2.warpAffine(image_rgb.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REFLECT)
-        f += rng.normal(0.0, noise, size=f.shape).astype(np.float32)
-        out.append(np.clip(np.round(f), 0, 255).astype(np.uint8))
-    return out, shifts
+    return _translated_frames(image_rgb, shifts, noise, rng), shifts
 
 
 def measure_tracking(aligner: Aligner, frames: list[np.ndarray], shifts: np.ndarray, reference: np.ndarray,
