@@ -20,7 +20,9 @@ on the epoch's mean training loss and the validation loss of each auxiliary task
 neither loss nor gradient from then on, and the epoch log records when each task stopped.
 
 Everything needed to resume (model, optimiser, early-stopping state, RNG states, history) is checkpointed
-atomically (write to a temp file, then rename) at the end of every epoch; ``--resume`` continues a killed run.
+atomically (temp file, fsync, rename, folder fsync: :mod:`tcdcn_ext.checkpoint`) at the end of every epoch;
+``--resume`` continues a killed run. The checkpoint holds only tensors, numbers, strings and plain containers and
+is read back with ``weights_only=True``: a planted checkpoint with pickled code is refused, not run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
+from .checkpoint import atomic_torch_save, atomic_write_text, load_tensors
 from .early_stopping import TaskwiseEarlyStopping
 from .model import AUX_TASKS_5PT, TCDCN, TCDCNConfig, save_weights
 
@@ -92,14 +95,6 @@ class TrainConfig:
     init_from: str | None = None  # warm start (transfer): load matching tensors from this checkpoint
     box_scale: float = 1.0  # enlarge the annotated boxes by this factor about their centre (stored in the model)
     progress: bool = True
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Bar:
@@ -246,7 +241,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     uv_train = data_mod.to_box_frame(tr.landmarks, tr.boxes)
     model.set_mean_shape(uv_train.mean(axis=0))
     if cfg.init_from:
-        src = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        src = load_tensors(cfg.init_from, "--init-from checkpoint")
         sd = src["state_dict"] if "state_dict" in src else src["model"]
         own = model.state_dict()
         taken = {k: v.float() for k, v in sd.items() if k in own and own[k].shape == v.shape and
@@ -270,7 +265,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     rng = np.random.default_rng(cfg.seed)
     start_epoch, best, history = 0, {"val_error": float("inf")}, []
     if resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        st = load_tensors(ckpt_path, "resume checkpoint")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if log_s is not None and st.get("log_s") is not None:
@@ -282,11 +277,9 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         start_epoch, best, history = st["epoch"], st["best"], st["history"]
         # A kill between an epoch's log line and its checkpoint leaves that line behind: the log restarts from the
         # checkpoint's history so every epoch appears once.
-        tmp_log = out_dir / "log.jsonl.tmp"
-        tmp_log.write_text("".join(json.dumps(rec) + "\n" for rec in history))
-        os.replace(tmp_log, out_dir / "log.jsonl")
+        atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(rec) + "\n" for rec in history))
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2, default=str))
 
     aug = data_mod.Augmenter(size=mcfg.input_size, max_shift=cfg.max_shift, max_rotate_deg=cfg.max_rotate_deg,
                              zoom=cfg.zoom, mirror=cfg.mirror,
@@ -354,14 +347,14 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         if val["val_error"] < best["val_error"]:
             best = {"epoch": epoch + 1, **val}
             save_weights(model, out_dir / "best.pt", meta={"epoch": epoch + 1, "val": val, "train_config": asdict(cfg)})
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "log_s": log_s.detach() if log_s is not None else None,
-                            "stopper": stopper.state_dict() if stopper is not None else None,
-                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                            "epoch": epoch + 1, "best": best, "history": history}, ckpt_path)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "log_s": log_s.detach() if log_s is not None else None,
+                           "stopper": stopper.state_dict() if stopper is not None else None,
+                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                           "epoch": epoch + 1, "best": best, "history": history}, ckpt_path)
     summary = {"best": best, "epochs": cfg.epochs,
                "stopped_at": dict(stopper.stopped_at) if stopper is not None else {}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
