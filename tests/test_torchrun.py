@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import descendants
 from test_model_train import write_synthetic_split
 
 import tcdcn_ext
@@ -38,30 +39,13 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=PKG_PARENT, OMP_NUM_THREADS="1")
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _rank_pid(launcher: int, rank: int) -> int | None:
-    for pid in _descendants(launcher):
+    for pid in descendants(launcher):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID=" + b"" in b"\0".join(env):
+        if f"RANK={rank}".encode() in env and any(v.startswith(b"TORCHELASTIC_RUN_ID=") for v in env):
             return pid
     return None
 
