@@ -32,7 +32,7 @@ import numpy as np
 
 from .checkpoint import atomic_write, fsync_dir
 
-__all__ = ["COLUMNS", "FolderStats", "align_folder", "face_columns", "list_images"]
+__all__ = ["COLUMNS", "FolderStats", "align_folder", "arrow_schema", "error_row", "face_columns", "list_images"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2"}
 
@@ -67,7 +67,8 @@ def face_columns(faces: Sequence[Any], tasks: Sequence[str]) -> dict[str, Any]:
     return row
 
 
-def _empty_row(file: str, tasks: Sequence[str], error: str | None, size: tuple[int, int] | None = None) -> dict:
+def error_row(file: str, tasks: Sequence[str], error: str | None, size: tuple[int, int] | None = None) -> dict:
+    """The row of an image that could not be read or aligned: ``error`` set, no faces."""
     row = {"file": file, "width": size[1] if size else None, "height": size[0] if size else None, "error": error}
     row.update(face_columns([], tasks))
     return row
@@ -119,14 +120,14 @@ def _align_chunk(task: tuple[str, list[str]]) -> list[dict[str, Any]]:
             images.append(load_image(Path(root) / f))
             good.append(f)
         except ImageError as exc:
-            rows[f] = _empty_row(f, tasks, str(exc))
+            rows[f] = error_row(f, tasks, str(exc))
     if images:
         try:
             results = aligner.align_batch(images)
         except (ValueError, RuntimeError) as exc:  # detector failures: the batch's rows say so
             results = None
             for f, im in zip(good, images):
-                rows[f] = _empty_row(f, tasks, f"{type(exc).__name__}: {exc}", im.shape[:2])
+                rows[f] = error_row(f, tasks, f"{type(exc).__name__}: {exc}", im.shape[:2])
         if results is not None:
             for f, im, faces in zip(good, images, results):
                 rows[f] = {"file": f, "width": im.shape[1], "height": im.shape[0], "error": None,
@@ -169,7 +170,8 @@ class _JsonlSink:
         self._f.close()
 
 
-def _arrow_schema(tasks: Sequence[str]) -> Any:
+def arrow_schema(tasks: Sequence[str]) -> Any:
+    """The Arrow schema of the rows (:data:`COLUMNS` and the attribute columns of ``tasks``)."""
     import pyarrow as pa
 
     fields = [("file", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("error", pa.string()),
@@ -190,7 +192,7 @@ class _ParquetSink:
             raise ImportError("Parquet output needs pyarrow: `pip install pyarrow` (or \"tcdcn_ext[parquet]\"), "
                               "or write JSON lines with --out FILE.jsonl") from exc
         self.pq, self.path, self.flush_every = pq, path, max(1, int(flush_every))
-        self.schema = _arrow_schema(tasks)
+        self.schema = arrow_schema(tasks)
         self.parts = path.with_name(path.name + ".parts")
         self.parts.mkdir(exist_ok=True)
         for tmp in self.parts.glob("*.tmp"):  # a part the kill interrupted: its rows are aligned again
