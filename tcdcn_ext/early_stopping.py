@@ -234,5 +234,6 @@ def check_ranks_agree(stopper: TaskwiseEarlyStopping) -> None:
     hi, lo = both[:len(steps)].cpu(), -both[len(steps):].cpu()
     if not torch.equal(hi, lo):
         differ = [t for t, a, b in zip(stopper.tasks, hi.tolist(), lo.tolist()) if a != b]
-        raise RuntimeError(f"task-wise early stopping differs between ranks for {differ} (stop steps from {lo.tolist()} "
-                           f"to {hi.tolist()}): the stoppers were fed per-rank losses instead of all-reduced ones")
+        raise RuntimeError(f"task-wise early stopping differs between ranks for {differ} (stop steps from "
+                           f"{lo.tolist()} to {hi.tolist()}): the stoppers were fed per-rank losses instead of "
+                           "all-reduced ones")
