@@ -7,7 +7,7 @@ Rows, for each folder: ``loop`` (today's way: ``for path in files: aligner(path)
 thread), ``workers=0`` (the streaming CLI in this process, one thread: batched forward across images),
 ``workers=1`` and ``workers=2`` (worker processes, one thread each). Every row aligns the whole folder from scratch
 (the output is deleted first) and counts the workers' start-up (each imports torch and loads the model). The CLI
-runs write JSON lines. Detection dominates (yuface on every image), so the workers matter most for photos.
+runs write JSON lines. The detector runs on every image, so photos cost far more than crops.
 """
 
 from __future__ import annotations
