@@ -35,7 +35,7 @@ for py in 3.10 3.11 3.12 3.13 3.14; do
     fi
     files=$("$PY" -c "import json,sys; print(' '.join(i['download_info']['url'].rsplit('/',1)[-1] for i in json.load(open(sys.argv[1]))['install']))" "$report")
     for f in $files; do
-      if ! [[ $f =~ \.whl$ && $f =~ ${PATTERN[$fam]} ]]; then
+      if ! [[ $f =~ \.whl$ && ( $f =~ ${PATTERN[$fam]} || $f =~ -none-any\.whl$ ) ]]; then  # or pure Python
         echo "check_wheels: FAIL: CPython $py on $fam resolves to $f"
         fail=1
       fi

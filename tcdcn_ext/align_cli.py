@@ -6,6 +6,7 @@
     tcdcn-align photos/ --json faces.jsonl --draw overlays/
     tcdcn-align clip.mp4 --draw clip_landmarks.mp4
     tcdcn-align --demo                          # the bundled astronaut photo -> tcdcn_demo.png
+    tcdcn-align photos/ --out faces.parquet --workers 2 --batch-size 16   # streamed, resumable (folder_align)
 
 Videos are tracked (landmark-predicted boxes, re-detection when lost or every ``--redetect-every`` frames) and
 smoothed with a one-euro filter (``--no-smooth`` to turn it off); they produce one line per frame. Progress goes to
@@ -52,7 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help=f"run on the bundled astronaut photo; writes {DEMO_OUTPUT} "
                    "(or --draw FILE) and prints the faces as JSON")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    p.add_argument("--batch", type=int, default=16, help="images per batched forward pass (default 16)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=16,
+                   help="images per batched forward pass (default 16)")
+    p.add_argument("--out", metavar="FILE.jsonl|FILE.parquet", default=None,
+                   help="one folder -> one row per image, written as it goes; run again to resume after a kill "
+                   "(tcdcn_ext.folder_align)")
+    p.add_argument("--workers", type=int, default=0, help="with --out: worker processes that decode, detect and "
+                   "align (default 0: this process)")
+    p.add_argument("--flush-every", type=int, default=512, help="with --out FILE.parquet: rows per Parquet part "
+                   "(a kill loses at most this much work)")
     p.add_argument("--no-smooth", action="store_true", help="videos: no temporal smoothing")
     p.add_argument("--redetect-every", type=int, default=30, help="videos: run the detector every N frames")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -231,6 +240,29 @@ def _demo(aligner: Any, args: argparse.Namespace, out: IO[str]) -> int:
     return 0 if faces else 1
 
 
+def _folder(args: argparse.Namespace) -> int:
+    """``--out``: :func:`tcdcn_ext.folder_align.align_folder` over one folder."""
+    from .detect import DetectorError
+    from .folder_align import align_folder
+    from .model import WeightsError
+
+    if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir() or args.draw or args.demo or args.json != "-":
+        print("tcdcn-align: --out takes exactly one folder (and no --draw, --demo or --json)", file=sys.stderr)
+        return 2
+    kwargs = dict(points=args.points, device=args.device, averaged=args.averaged, detector=args.detector,
+                  min_score=args.min_score, calibrate=not args.no_calibrate, model=args.model)
+    try:
+        stats = align_folder(args.inputs[0], args.out, kwargs, workers=args.workers, batch_size=args.batch,
+                             recursive=args.recursive, progress=not args.quiet, flush_every=args.flush_every)
+    except (WeightsError, DetectorError, ValueError, ImportError, OSError) as exc:
+        print(f"tcdcn-align: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"tcdcn-align: {stats.aligned} images aligned ({stats.faces} faces, {stats.failed} failed) in "
+              f"{stats.seconds:.1f} s, {stats.skipped} already in {args.out}", file=sys.stderr)
+    return 1 if stats.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tcdcn-align`` / ``python -m tcdcn_ext align``; returns the exit status."""
     parser = _parser()
@@ -243,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     from .detect import DetectorError
     from .model import WeightsError
 
+    if args.out is not None:
+        return _folder(args)
     try:
         aligner = Aligner(points=args.points, device=args.device, averaged=args.averaged, detector=args.detector,
                           min_score=args.min_score, calibrate=not args.no_calibrate, model=args.model,

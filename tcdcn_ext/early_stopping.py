@@ -31,6 +31,11 @@ Degenerate cases (our reading of what the paper intends):
   counts as over-fitting.
 
 A stopped task stays stopped. For tasks whose ``lambda`` is learned, pass the current value to :meth:`update`.
+
+Data-parallel training: every rank keeps its own stopper and must switch a task off at the same step, or the ranks'
+losses (and DDP's set of used parameters) would part. The training loop therefore feeds :meth:`update` with losses
+all-reduced over the ranks (:func:`tcdcn_ext.distributed.all_reduce_sums`: the same float64 bits everywhere), never
+with a rank's own share, and :func:`check_ranks_agree` verifies the outcome after every update.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TaskwiseEarlyStopping", "criterion"]
+__all__ = ["TaskwiseEarlyStopping", "check_ranks_agree", "criterion"]
 
 logger = logging.getLogger(__name__)
 
@@ -211,3 +216,24 @@ class TaskwiseEarlyStopping:
             f"TaskwiseEarlyStopping(tasks={self.tasks}, strip_k={self.strip_k}, epsilon={self.epsilon}, "
             f"stopped_at={self.stopped_at})"
         )
+
+
+def check_ranks_agree(stopper: TaskwiseEarlyStopping) -> None:
+    """Raise ``RuntimeError`` on every rank unless every rank's ``stopper`` has stopped the same tasks at the same
+    steps (one all-reduce of the stop steps, as min and max; a no-op without a process group)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    steps = torch.tensor([stopper.stopped_at.get(t, -1) for t in stopper.tasks], dtype=torch.int64)
+    both = torch.cat([steps, -steps])  # max of -x is -min of x: one all-reduce gives both
+    if dist.get_backend() == "nccl":
+        both = both.cuda()
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    hi, lo = both[:len(steps)].cpu(), -both[len(steps):].cpu()
+    if not torch.equal(hi, lo):
+        differ = [t for t, a, b in zip(stopper.tasks, hi.tolist(), lo.tolist()) if a != b]
+        raise RuntimeError(f"task-wise early stopping differs between ranks for {differ} (stop steps from "
+                           f"{lo.tolist()} to {hi.tolist()}): the stoppers were fed per-rank losses instead of "
+                           "all-reduced ones")

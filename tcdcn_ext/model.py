@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _C, ops
+from .checkpoint import UnsafeFileError, atomic_torch_save, atomic_write_text, load_tensors
 from .nn import AbsTanh, LocallyConnected2d
 
 __all__ = ["AUX_TASKS_5PT", "CudaGraphForward", "TCDCN", "TCDCNConfig", "InferenceWeights", "WeightsError",
@@ -770,19 +771,15 @@ def _sha256(path: Path) -> str:
 def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] | None = None,
                  half: bool = True) -> dict[str, Any]:
     """Write ``path`` (``.pt``: config + state dict, fp16 storage when ``half``) and ``path.json`` with its
-    sha256 and ``meta``. Returns the JSON record. Both files are written atomically (temp + rename)."""
+    sha256, the config and ``meta``. Returns the JSON record. Both files are written atomically (temp + fsync +
+    rename + folder fsync, :func:`tcdcn_ext.checkpoint.atomic_write`)."""
     path = Path(path)
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     blob = {"format": "tcdcn_ext/1", "config": model.config.to_dict(), "state_dict": state}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(blob, path)
     record = {"file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size,
               "config": model.config.to_dict(), "meta": dict(meta or {})}
-    jpath = path.with_suffix(".json")
-    jtmp = jpath.with_name(jpath.name + ".tmp")
-    jtmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    os.replace(jtmp, jpath)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
     return record
 
 
@@ -797,8 +794,11 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
     """Load a TCDCN model: ``"5pt"`` / ``"68pt"`` (shipped inside the package, offline) or a ``.pt`` path.
 
     The file's sha256 is checked against the ``.json`` record beside it (when present; always for shipped
-    weights) before it is read, and it is read with ``torch.load(weights_only=True)``. Raises
-    :class:`WeightsError` naming the file on any problem. The model is returned in eval mode, float32.
+    weights) before it is read, and it is read with ``torch.load(weights_only=True)``
+    (:func:`tcdcn_ext.checkpoint.load_tensors`: a file with pickled code is refused, never run). The record's
+    ``config``, when it has one, must describe the architecture the ``.pt`` carries: a record that says one thing
+    while the file builds another is refused rather than silently ignored. Raises :class:`WeightsError` naming the
+    file on any problem. The model is returned in eval mode, float32.
     """
     key = str(name_or_path)
     if key in _SHIPPED:
@@ -812,6 +812,7 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
             raise WeightsError(f"weights file {path} does not exist (shipped models: {sorted(_SHIPPED)})")
         must_verify = False
     record_path = path.with_suffix(".json")
+    record: dict[str, Any] | None = None
     if verify and (must_verify or record_path.exists()):
         if not record_path.exists():
             raise WeightsError(f"{record_path} (the checksum record of {path.name}) is missing")
@@ -825,7 +826,9 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
             raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
                                "the file is truncated or was modified")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_tensors(path, "weights file")
+    except UnsafeFileError as exc:
+        raise WeightsError(str(exc)) from exc
     except Exception as exc:  # torch raises several types for corrupt archives
         raise WeightsError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
@@ -834,7 +837,20 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: 'state_dict' must map parameter names to tensors")
     try:
-        model = TCDCN(TCDCNConfig.from_dict(blob["config"]))
+        config = TCDCNConfig.from_dict(blob["config"])
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path}: its recorded architecture is not a TCDCNConfig ({exc})") from exc
+    if record is not None and "config" in record:
+        try:
+            described = TCDCNConfig.from_dict(record["config"]).to_dict()
+        except (ValueError, TypeError) as exc:
+            raise WeightsError(f"{record_path}: its 'config' is not a TCDCNConfig ({exc})") from exc
+        if described != config.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if described.get(k) != v)
+            raise WeightsError(f"{record_path} describes another model than {path.name} holds (fields {diff} "
+                               "differ): the record belongs to other weights or was edited")
+    try:
+        model = TCDCN(config)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     except (ValueError, RuntimeError, TypeError) as exc:
         raise WeightsError(f"{path}: weights do not fit the recorded architecture ({exc})") from exc

@@ -20,7 +20,18 @@ on the epoch's mean training loss and the validation loss of each auxiliary task
 neither loss nor gradient from then on, and the epoch log records when each task stopped.
 
 Everything needed to resume (model, optimiser, early-stopping state, RNG states, history) is checkpointed
-atomically (write to a temp file, then rename) at the end of every epoch; ``--resume`` continues a killed run.
+atomically (temp file, fsync, rename, folder fsync: :mod:`tcdcn_ext.checkpoint`) at the end of every epoch;
+``--resume`` continues a killed run. The checkpoint holds only tensors, numbers, strings and plain containers and
+is read back with ``weights_only=True``: a planted checkpoint with pickled code is refused, not run.
+
+Data-parallel under ``torchrun`` (PyTorch DDP, gloo on the CPU; :mod:`tcdcn_ext.distributed`)::
+
+    torchrun --nproc_per_node=2 --max-restarts=3 -m tcdcn_ext train --batch-size 64 --out runs/x --resume
+
+``--batch-size`` stays the global batch: each step every rank takes its interleaved share of the single process's
+batch (the same epoch order and augmentation numbers on every rank), so N ranks follow the single-process
+schedule. Early stopping decides from losses all-reduced over the ranks; rank 0 writes every file; ``--resume``
+(harmless on a first start) makes every rank of a restarted job continue from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from .early_stopping import TaskwiseEarlyStopping
+from .checkpoint import atomic_torch_save, atomic_write_text, load_tensors
+from .distributed import World, all_reduce_sums, init_from_env, local_share
+from .early_stopping import TaskwiseEarlyStopping, check_ranks_agree
 from .model import AUX_TASKS_5PT, TCDCN, TCDCNConfig, save_weights
 
 __all__ = ["TrainConfig", "main", "train"]
@@ -92,14 +105,6 @@ class TrainConfig:
     init_from: str | None = None  # warm start (transfer): load matching tensors from this checkpoint
     box_scale: float = 1.0  # enlarge the annotated boxes by this factor about their centre (stored in the model)
     progress: bool = True
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Bar:
@@ -170,57 +175,120 @@ def _losses(model: TCDCN, out: dict[str, torch.Tensor], uv: torch.Tensor, attrs:
     return losses
 
 
+class _StoppedHeadsDetached(torch.nn.Module):
+    """``model``'s forward with the logits of early-stopped tasks detached: what DDP sees of the training forward.
+
+    A stopped task's head is left out of the loss on every rank at the same step. DDP finds the parameters a step
+    leaves without gradient by walking the graph from the forward's outputs; with the stopped logits detached, that
+    walk does not reach their heads, so DDP leaves their gradients None (as one process does; the optimiser skips
+    them) instead of waiting for them. The detached logits still give the epoch log the stopped tasks' losses."""
+
+    def __init__(self, model: TCDCN, stopper: TaskwiseEarlyStopping | None) -> None:
+        super().__init__()
+        self.model, self.stopper = model, stopper
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.model(x)
+        if self.stopper is None:
+            return out
+        return {k: v.detach() if k in self.stopper.stopped_at else v for k, v in out.items()}
+
+
+def _data_parallel(model: TCDCN, stopper: TaskwiseEarlyStopping | None) -> torch.nn.Module:
+    """DDP over ``model`` (CPU: gloo). Until a task stops every parameter gets a gradient at every step, and the
+    search for unused ones (a graph walk per step) is left off; the loop wraps the model again after a stop."""
+    unused = bool(stopper is not None and stopper.stopped_at)
+    return torch.nn.parallel.DistributedDataParallel(_StoppedHeadsDetached(model, stopper),
+                                                     find_unused_parameters=unused)
+
+
+def _objective(model: TCDCN, out: dict[str, torch.Tensor], uv: torch.Tensor, attrs: dict[str, torch.Tensor],
+               cfg: TrainConfig, stopper: TaskwiseEarlyStopping | None, lambdas: dict[str, float],
+               log_s: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective of a batch (Eq. 3 over the active tasks) and its per-task losses."""
+    losses = _losses(model, out, uv, attrs, cfg)
+    total = losses["landmarks"]
+    for j, task in enumerate(cfg.aux_tasks):
+        if stopper is not None and not stopper.active(task):
+            continue
+        if log_s is not None:
+            total = total + torch.exp(-log_s[j]) * losses[task] + log_s[j]
+        else:
+            total = total + lambdas[task] * losses[task]
+    return total, losses
+
+
 def _evaluate(model: TCDCN, batches: _Batches, cfg: TrainConfig, x_cache: torch.Tensor,
-              uv_cache: torch.Tensor) -> dict[str, float]:
-    """Validation losses per task and the landmark error (inter-ocular mean / failure for 5 points)."""
+              uv_cache: torch.Tensor, world: World = World()) -> dict[str, float]:
+    """Validation losses per task and the landmark error (inter-ocular mean / failure for 5 points). Distributed,
+    each rank scores every ``W``-th validation face and the sums are all-reduced: every rank gets the same numbers
+    (the ones task-wise early stopping decides from)."""
     from . import evaluate as ev
 
+    rows = np.arange(world.rank, len(x_cache), world.size) if world.distributed else slice(None)
+    attrs = {k: torch.from_numpy(v[rows]) for k, v in batches.attributes.items()}
     model.eval()
     with torch.inference_mode():
-        out = model.predict(x_cache)
+        out = model.predict(x_cache[rows])
         logits = {}
         for task in cfg.aux_tasks:  # predict() gives probabilities; the losses need logits
             logits[task] = torch.log(out[task].clamp_min(1e-12))
-        attrs = {k: torch.from_numpy(v) for k, v in batches.attributes.items()}
-        losses = _losses(model, {"landmarks": out["landmarks"], **logits}, uv_cache, attrs, cfg)
-    res = {f"val_{k}": float(v) for k, v in losses.items()}
-    pred_px = data_mod.from_box_frame(out["landmarks"].numpy(), batches.boxes)
+        losses = _losses(model, {"landmarks": out["landmarks"], **logits}, uv_cache[rows], attrs, cfg)
+    pred_px = data_mod.from_box_frame(out["landmarks"].numpy(), batches.boxes[rows])
     norm = "inter_ocular" if cfg.points == 5 else "outer_corners"
-    err = ev.landmark_errors(pred_px, batches.landmarks, norm)
-    res["val_error"] = float(err.mean())
-    res["val_failure"] = float(ev.failure_rate(err))
+    err = ev.landmark_errors(pred_px, batches.landmarks[rows], norm)
     model.train()
-    return res
+    if not world.distributed:
+        res = {f"val_{k}": float(v) for k, v in losses.items()}
+        res["val_error"] = float(err.mean())
+        res["val_failure"] = float(ev.failure_rate(err))
+        return res
+    n = len(err)
+    sums = {f"val_{k}": float(v) * n for k, v in losses.items()}
+    sums.update(val_error=float(err.sum()), val_failure=float(np.count_nonzero(err > 0.10)), count=float(n))
+    sums = all_reduce_sums(sums, world)
+    total = sums.pop("count")
+    return {k: v / total for k, v in sums.items()}
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) a training (see :func:`_train`). Denormals are flushed to zero while it runs (see there)
     and the floating-point mode and torch's thread count are restored afterwards: they are process/thread state
-    that would otherwise leak into everything the caller does next."""
+    that would otherwise leak into everything the caller does next.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment, or a process group already initialised) the training
+    is data-parallel (:mod:`tcdcn_ext.distributed`): every rank runs the same schedule on its share of each global
+    batch of ``batch_size`` faces, DDP averages the gradients, rank 0 writes every file, and ``resume`` makes every
+    rank continue from ``checkpoint.pt``. The summary is returned on every rank."""
     # Adam's second moments of the many small locally connected weights' gradients fall into the denormal
     # range, where x86 arithmetic is ~50x slower: flush them (measured: 410 -> 58 ms per 64-face step).
     threads = torch.get_num_threads()
     torch.set_flush_denormal(True)
+    world = init_from_env()
     try:
-        return _train(cfg, resume, stop_after)
+        return _train(cfg, resume, stop_after, world)
     finally:
+        world.close()
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None,
+           world: World = World()) -> dict[str, Any]:
     """Run (or resume) a training; returns the final summary. ``stop_after`` ends this invocation after that
     epoch (the schedule still spans ``cfg.epochs``; continue with ``resume=True``). Writes into ``cfg.out_dir``:
     ``checkpoint.pt`` (resume state), ``best.pt`` + ``best.json`` (best validation error, shippable weights),
     ``log.jsonl`` (one line per epoch), ``config.json``."""
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    main = world.is_main  # the rank that writes files
+    progress = cfg.progress and main
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     ckpt_path = out_dir / "checkpoint.pt"
     train_dir = Path(cfg.train_dir) if cfg.train_dir else default_data_root() / ("mtfl/train" if cfg.points == 5
                                                                                     else "300w/train")
-    fs = data_mod.load_staged(train_dir, limit=cfg.limit, progress=cfg.progress)
+    fs = data_mod.load_staged(train_dir, limit=cfg.limit, progress=progress)
     if fs.num_points != cfg.points:
         raise ValueError(f"{train_dir} has {fs.num_points}-point annotations but --points is {cfg.points}")
     missing = [t for t in cfg.aux_tasks if t not in fs.attributes]
@@ -239,20 +307,23 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     # The network trains on the enlarged boxes (its raw output frame); validation keeps the annotated boxes and goes
     # through model.preprocess/predict semantics (enlarge, then map back), as evaluation and shipping do.
     tr.boxes = model.input_boxes(tr.boxes)
-    log.info("data: %d train / %d validation faces from %s", len(tr), len(va), train_dir)
+    if main:
+        log.info("data: %d train / %d validation faces from %s%s", len(tr), len(va), train_dir,
+                 f" ({world.size} ranks)" if world.distributed else "")
 
     torch.manual_seed(cfg.seed)
     model = TCDCN(mcfg)
     uv_train = data_mod.to_box_frame(tr.landmarks, tr.boxes)
     model.set_mean_shape(uv_train.mean(axis=0))
     if cfg.init_from:
-        src = torch.load(cfg.init_from, map_location="cpu", weights_only=True)
+        src = load_tensors(cfg.init_from, "--init-from checkpoint")
         sd = src["state_dict"] if "state_dict" in src else src["model"]
         own = model.state_dict()
         taken = {k: v.float() for k, v in sd.items() if k in own and own[k].shape == v.shape and
                  not k.startswith(("landmark_head", "aux_heads"))}
         model.load_state_dict(taken, strict=False)
-        log.info("initialised %d tensors from %s (heads re-initialised)", len(taken), cfg.init_from)
+        if main:
+            log.info("initialised %d tensors from %s (heads re-initialised)", len(taken), cfg.init_from)
 
     log_s = torch.nn.Parameter(torch.zeros(len(cfg.aux_tasks))) if cfg.learn_lambda else None
     params = list(model.parameters()) + ([log_s] if log_s is not None else [])
@@ -270,7 +341,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     rng = np.random.default_rng(cfg.seed)
     start_epoch, best, history = 0, {"val_error": float("inf")}, []
     if resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        st = load_tensors(ckpt_path, "resume checkpoint")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if log_s is not None and st.get("log_s") is not None:
@@ -280,13 +351,16 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
         start_epoch, best, history = st["epoch"], st["best"], st["history"]
-        # A kill between an epoch's log line and its checkpoint leaves that line behind: the log restarts from the
-        # checkpoint's history so every epoch appears once.
-        tmp_log = out_dir / "log.jsonl.tmp"
-        tmp_log.write_text("".join(json.dumps(rec) + "\n" for rec in history))
-        os.replace(tmp_log, out_dir / "log.jsonl")
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        if main:
+            # A kill between an epoch's log line and its checkpoint leaves that line behind: the log restarts from
+            # the checkpoint's history so every epoch appears once.
+            atomic_write_text(out_dir / "log.jsonl", "".join(json.dumps(rec) + "\n" for rec in history))
+            log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    if main:
+        atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2, default=str))
+    # Every rank has read the checkpoint before rank 0 can write the next one.
+    world.barrier()
+    net, net_unused = model, False
 
     aug = data_mod.Augmenter(size=mcfg.input_size, max_shift=cfg.max_shift, max_rotate_deg=cfg.max_rotate_deg,
                              zoom=cfg.zoom, mirror=cfg.mirror,
@@ -300,37 +374,44 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         t0 = time.time()
         order = _epoch_order(tr, cfg, rng)
         sums = {k: 0.0 for k in ["landmarks", *cfg.aux_tasks]}
-        bar = _Bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        bar = _Bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        if world.distributed and (net is model or net_unused != bool(stopper and stopper.stopped_at)):
+            net_unused = bool(stopper and stopper.stopped_at)
+            net = _data_parallel(model, stopper)
         for it in range(steps):
             lr = _lr_at(cfg, epoch + it / steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            x, uv, attrs = aug(*tr.take(idx), rng)
-            out = model(torch.from_numpy(x))
-            losses = _losses(model, out, torch.from_numpy(uv), {k: torch.from_numpy(v) for k, v in attrs.items()},
-                             cfg)
-            total = losses["landmarks"]
-            for j, task in enumerate(cfg.aux_tasks):
-                if stopper is not None and not stopper.active(task):
-                    continue
-                if log_s is not None:
-                    total = total + torch.exp(-log_s[j]) * losses[task] + log_s[j]
-                else:
-                    total = total + lambdas[task] * losses[task]
+            batch = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            # Every rank draws the whole global batch's augmentation (the same random numbers as one process, ~20 us
+            # a face) and keeps its own rows, so the RNG stays the same on every rank and in the checkpoint.
+            x, uv, attrs = aug(*tr.take(batch), rng)
+            rows, scale = local_share(np.arange(len(batch)), world)
+            idx = batch[rows]
+            if world.distributed:
+                x, uv, attrs = x[rows], uv[rows], {k: v[rows] for k, v in attrs.items()}
+            out = net(torch.from_numpy(x))
+            total, losses = _objective(model, out, torch.from_numpy(uv),
+                                       {k: torch.from_numpy(v) for k, v in attrs.items()}, cfg, stopper, lambdas,
+                                       log_s)
             if not torch.isfinite(total):
                 raise FloatingPointError(f"epoch {epoch + 1} step {it}: loss is {float(total)} (lr {lr:.2e}); "
                                          "lower --lr or raise --grad-clip")
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            (total * scale if world.distributed else total).backward()
+            if log_s is not None and world.distributed:  # outside the DDP module: averaged here
+                torch.distributed.all_reduce(log_s.grad)
+                log_s.grad /= world.size
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            for k, v in losses.items():
-                sums[k] += float(v.detach()) * len(idx)
+            if scale > 0:  # (a rank without rows ran a dummy row with factor 0)
+                for k, v in losses.items():
+                    sums[k] += float(v.detach()) * len(idx)
             bar.update(it + 1, f"lm {losses['landmarks'].item():.3f}")
-        train_losses = {k: v / len(tr) for k, v in sums.items()}
-        val = _evaluate(model, va, cfg, x_val, uv_val)
+        # Epoch means over every rank's faces: the losses early stopping decides from are the same on every rank.
+        train_losses = {k: v / len(tr) for k, v in all_reduce_sums(sums, world).items()}
+        val = _evaluate(model, va, cfg, x_val, uv_val, world)
         newly: list[str] = []
         if stopper is not None:
             if log_s is not None:
@@ -338,11 +419,17 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
             if cfg.early_stopping:
                 newly = stopper.update(epoch + 1, {t: train_losses[t] for t in cfg.aux_tasks},
                                        {t: val[f"val_{t}"] for t in cfg.aux_tasks}, lambdas)
+                if world.distributed:
+                    check_ranks_agree(stopper)
         rec = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - t0, 2),
                **{f"train_{k}": v for k, v in train_losses.items()}, **val,
                "active_tasks": stopper.active_tasks if stopper is not None else [],
                "stopped_now": newly, "lambdas": lambdas}
         history.append(rec)
+        if best_now := val["val_error"] < best["val_error"]:
+            best = {"epoch": epoch + 1, **val}
+        if not main:
+            continue
         with open(out_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         msg = (f"epoch {epoch + 1}/{cfg.epochs} {rec['seconds']:.1f}s lr {lr:.2e} train_lm "
@@ -351,17 +438,17 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         if newly:
             msg += f" | early-stopped: {', '.join(newly)}"
         log.info(msg)
-        if val["val_error"] < best["val_error"]:
-            best = {"epoch": epoch + 1, **val}
+        if best_now:
             save_weights(model, out_dir / "best.pt", meta={"epoch": epoch + 1, "val": val, "train_config": asdict(cfg)})
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "log_s": log_s.detach() if log_s is not None else None,
-                            "stopper": stopper.state_dict() if stopper is not None else None,
-                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                            "epoch": epoch + 1, "best": best, "history": history}, ckpt_path)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "log_s": log_s.detach() if log_s is not None else None,
+                           "stopper": stopper.state_dict() if stopper is not None else None,
+                           "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                           "epoch": epoch + 1, "best": best, "history": history}, ckpt_path)
     summary = {"best": best, "epochs": cfg.epochs,
                "stopped_at": dict(stopper.stopped_at) if stopper is not None else {}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if main:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -452,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="warm start from a checkpoint (heads are re-initialised)")
     p.add_argument("--box-scale", type=float, default=d.box_scale, help="enlarge the annotated boxes by this factor "
                    "about their centre (recorded in the model config; preprocess/predict apply it)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (on every rank under "
+                   "torchrun) when it exists, else start afresh: one command for the first start and every restart")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (resume later)")
     p.add_argument("--quiet", dest="progress", action="store_false")
     p.add_argument("--refit-heads", metavar="WEIGHTS", default=None, help="do not train: refit the auxiliary heads "
@@ -462,7 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s",
+                        datefmt="%H:%M:%S")
     kw = vars(args).copy()
     resume = kw.pop("resume")
     stop_after = kw.pop("stop_after")
@@ -477,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kw["model"] = json.loads(kw.pop("model_json"))
     cfg = TrainConfig(**kw)
     summary = train(cfg, resume=resume, stop_after=stop_after)
-    print(json.dumps(summary, indent=2, default=str))
+    if rank == 0:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

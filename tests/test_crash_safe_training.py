@@ -37,7 +37,7 @@ def _env() -> dict:
 
 def _epoch_of(ckpt: Path) -> int:
     """The checkpoint's epoch; it must always load (a torn file would raise here)."""
-    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"])
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
 
 
 def _start(split: Path, out: Path, resume: bool) -> subprocess.Popen:
@@ -104,8 +104,8 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert not list(run_dir.glob("*.tmp")), "a temp file was left behind"
 
-    a = torch.load(ref_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    b = torch.load(ckpt, map_location="cpu", weights_only=False)
+    a = torch.load(ref_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    b = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert a["epoch"] == b["epoch"] == EPOCHS
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after kill/resume"

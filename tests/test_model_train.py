@@ -102,8 +102,8 @@ def test_tiny_training_learns_and_resumes(tmp_path):
     # A run interrupted after 2 epochs and resumed reaches exactly the uninterrupted result.
     train(TrainConfig(out_dir=str(tmp_path / "split_run"), epochs=4, **base), stop_after=2)
     resumed = train(TrainConfig(out_dir=str(tmp_path / "split_run"), epochs=4, **base), resume=True)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "split_run" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split_run" / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert resumed["stopped_at"] == full["stopped_at"]
