@@ -559,8 +559,8 @@ def _group_by_image(jobs: list[_Job], faces: list[Face]) -> list[list[Face]]:
 #: faces of the scenes photos mostly score above it, and YuNet's score falls as a face turns in-plane (the bundled
 #: portrait: 0.94 upright, 0.89 at 30 degrees, 0.71 at 45, 0.5-0.75 from 60 to 120 degrees).
 SEARCH_BELOW = 0.85
-#: The rotations tried (degrees, counter-clockwise); the landmark networks, trained with up to 15 degrees of
-#: rotation augmentation, still read faces turned by up to ~30 degrees, so 45-degree steps cover every roll.
+#: The rotations tried (degrees, counter-clockwise), all in one detector batch of 96-pixel copies per image; faces
+#: left within ~25 degrees of upright are then levelled from their landmarks (:meth:`Aligner._level_tilted`).
 SEARCH_ANGLES = (-90.0, -45.0, 45.0, 90.0, 180.0)
 #: How much higher a rotated copy must score to be used.
 SEARCH_MARGIN = 0.1
@@ -779,31 +779,28 @@ class Aligner:
         :data:`SEARCH_ANGLES`; where a rotated copy scores clearly higher, the face is detected again and read in
         an upright copy, and its landmarks are rotated back."""
         scores = det.scores.astype(np.float64)
-        turn: dict[int, float] = {}
+        turn: dict[int, tuple[float, Detections]] = {}
         if self.derotate and isinstance(self._detect, YuNetDetector) and len(det):
             low = np.flatnonzero(det.scores < SEARCH_BELOW)
-            rgb = pix.rgb() if len(low) else None
-            for i in low:
-                centre, side = _face_square(det.boxes[i])
-                angle, score = self._detect.best_rotation(rgb, centre, side, SEARCH_ANGLES)
-                if score > det.scores[i] + SEARCH_MARGIN:
-                    turn[int(i)] = angle
+            if len(low):
+                squares = [_face_square(det.boxes[i]) for i in low]
+                found = self._detect.best_rotations(pix.rgb(), squares, SEARCH_ANGLES)
+                for i, (angle, score, rdet) in zip(low, found):
+                    if rdet is not None and score > det.scores[i] + SEARCH_MARGIN:
+                        turn[int(i)] = (angle, rdet)
         keep = np.array([i for i in range(len(det)) if i not in turn], np.int64)
         sub = Detections(det.scores[keep], det.boxes[keep], None if det.points is None else det.points[keep])
         model_boxes = (calibrate_boxes(sub, self.calibration) if self.calibration is not None
                        else sub.boxes).astype(np.float64)
         jobs = [_Job(pix, model_boxes, sub.boxes.astype(np.float64), scores[keep], refine=True, image=image,
                      slots=keep.tolist())]
-        for i, angle in turn.items():
+        for i, (angle, rdet) in turn.items():
             centre, side = _face_square(det.boxes[i])
             upright, fwd = _upright_copy(pix, centre, side, angle)
-            found = self._detect(upright.rgb(), 0.05)
-            if len(found) == 0:  # (the search saw it at a smaller scale): read it where it is
-                found = Detections(det.scores[i:i + 1], _map_boxes(det.boxes[i:i + 1], fwd), None)
-            c = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2 - upright.width / 2.0
-            j = int(np.argmin((c ** 2).sum(1)))
-            one = Detections(found.scores[j:j + 1], found.boxes[j:j + 1],
-                             None if found.points is None else found.points[j:j + 1])
+            # the search's detection, from the rotated square (centre at side / 2) to the upright copy (centre at
+            # its middle; same scale and rotation)
+            shift = upright.width / 2.0 - side / 2.0
+            one = Detections(rdet.scores, rdet.boxes + shift, rdet.points + shift)
             box = (calibrate_boxes(one, self.calibration) if self.calibration is not None
                    else one.boxes).astype(np.float64)
             jobs.append(_Job(upright, box, det.boxes[i:i + 1].astype(np.float64), scores[i:i + 1], refine=True,

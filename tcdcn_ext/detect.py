@@ -173,42 +173,51 @@ class YuNetDetector:
         keep = nms(scores, boxes, self.nms_threshold, self.top_k)
         return scores[keep], boxes[keep], points[keep]
 
-    def best_rotation(self, rgb: np.ndarray, centre: np.ndarray, side: float, angles: Sequence[float],
-                      size: int = 128) -> tuple[float, float]:
-        """In-plane orientation search for one face: the ``side``-pixel square around ``centre`` is rotated by each
-        of ``angles`` (degrees, counter-clockwise as seen) and scaled to ``size`` pixels; YuNet runs on all of them
-        in one batch. Returns ``(angle, score)`` of the copy whose detection nearest its centre scores highest
-        (``(nan, 0)`` when none has a detection). YuNet was trained on upright faces (its 5 points do not follow a
-        face's roll), so its score is what tells the upright copy."""
+    def best_rotations(self, rgb: np.ndarray, squares: Sequence[tuple[np.ndarray, float]], angles: Sequence[float],
+                       size: int = 96) -> list[tuple[float, float, Detections | None]]:
+        """In-plane orientation search for faces: the ``side``-pixel square around each ``centre`` of ``squares``
+        is rotated by each of ``angles`` (degrees, counter-clockwise as seen) and scaled to ``size`` pixels; YuNet
+        runs on all of these copies in one batch. For each square, returns ``(angle, score, detection)`` of the
+        copy whose detection nearest its centre scores highest, the detection (box and points) in the coordinates
+        of that rotated square at the image's scale, centre at ``(side / 2, side / 2)``; ``(nan, 0, None)`` when no
+        copy has one. YuNet was trained on upright faces (its 5 points do not follow a face's roll), so its score
+        is what tells the upright copy."""
         with self._team():
-            return self._best_rotation(rgb, centre, side, angles, size)
+            return self._best_rotations(rgb, squares, angles, size)
 
-    def _best_rotation(self, rgb: np.ndarray, centre: np.ndarray, side: float, angles: Sequence[float],
-                       size: int) -> tuple[float, float]:
+    def _best_rotations(self, rgb: np.ndarray, squares: Sequence[tuple[np.ndarray, float]],
+                        angles: Sequence[float], size: int) -> list[tuple[float, float, Detections | None]]:
         import cv2
 
         from .yunet import DIVISOR
 
         pad = -(-size // DIVISOR) * DIVISOR
-        x = torch.zeros(len(angles), pad, pad, 3)
-        for k, a in enumerate(angles):
-            m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(a), size / side)
-            m[:, 2] += size / 2.0 - np.asarray(centre, np.float64)
-            crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if size < side else cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            x[k, :size, :size] = torch.from_numpy(np.ascontiguousarray(crop[:, :, ::-1]))
-        heads = self._run_net(x.permute(0, 3, 1, 2))
-        best = (float("nan"), 0.0)
-        for k, a in enumerate(angles):
-            sc, bx, _ = self._decode([h[k:k + 1] for h in heads], 0.05)
-            if len(sc) == 0:
-                continue
-            # the detection whose centre is nearest the copy's centre (the face searched for)
-            c = (bx[:, :2] + bx[:, 2:]) / 2 - size / 2.0
-            j = int(np.argmin((c ** 2).sum(1)))
-            if np.abs(c[j]).max() < size / 4 and sc[j] > best[1]:
-                best = (float(a), float(sc[j]))
-        return best
+        x = np.zeros((len(squares) * len(angles), pad, pad, 3), np.float32)
+        for f, (centre, side) in enumerate(squares):
+            for k, a in enumerate(angles):
+                m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(a), size / side)
+                m[:, 2] += size / 2.0 - np.asarray(centre, np.float64)
+                crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if size < side else cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                x[f * len(angles) + k, :size, :size] = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+        heads = self._run_net(torch.from_numpy(x).permute(0, 3, 1, 2))
+        out = []
+        for f, (_, side) in enumerate(squares):
+            best: tuple[float, float, Detections | None] = (float("nan"), 0.0, None)
+            for k, a in enumerate(angles):
+                n = f * len(angles) + k
+                sc, bx, pt = self._decode([h[n:n + 1] for h in heads], 0.05)
+                if len(sc) == 0:
+                    continue
+                c = (bx[:, :2] + bx[:, 2:]) / 2 - size / 2.0  # the detection nearest the copy's centre
+                j = int(np.argmin((c ** 2).sum(1)))
+                if np.abs(c[j]).max() < size / 4 and sc[j] > best[1]:
+                    s = side / size  # copy pixels -> the rotated square at the image's scale
+                    det = Detections(sc[j:j + 1].astype(np.float32), (bx[j:j + 1] * s).astype(np.float32),
+                                     (pt[j:j + 1] * s).astype(np.float32))
+                    best = (float(a), float(sc[j]), det)
+            out.append(best)
+        return out
 
     def working_scale(self, height: int, width: int) -> float:
         """The factor (<= 1) by which an image of this size is downscaled before the network sees it."""
