@@ -25,6 +25,16 @@ inline V dws_max(V a, V b) {
   return ((a > b) | (a != a)) ? a : b;  // NaN propagates, as torch's max_pool2d
 }
 
+// Every accumulator of a P-pixel x G-vector tile set to the bias.
+template <typename T, int G, int P>
+__attribute__((always_inline)) inline void dws_init_bias(typename VT<T>::vec (&acc)[P][G], const T* b) {
+  constexpr int L = VT<T>::W;
+  for (int g = 0; g < G; ++g) {
+    const typename VT<T>::vec bv = vload<T>(b + g * L);
+    for (int p = 0; p < P; ++p) acc[p][g] = bv;
+  }
+}
+
 // Pointwise convolution of P consecutive pixels for G channel vectors: dst[p, c] = b[c] + sum_ci src[p, ci] w[ci, c]
 // (w, b, dst already offset to the group's first channel; row strides cin for src, cp for w and dst).
 template <typename T, int G, int P>
@@ -33,10 +43,7 @@ __attribute__((always_inline)) inline void dws_pw_tile(const T* src, int64_t cin
   typedef typename VT<T>::vec vec;
   constexpr int L = VT<T>::W;
   vec acc[P][G];
-  for (int g = 0; g < G; ++g) {
-    const vec bv = vload<T>(b + g * L);
-    for (int p = 0; p < P; ++p) acc[p][g] = bv;
-  }
+  dws_init_bias<T, G, P>(acc, b);
   for (int64_t ci = 0; ci < cin; ++ci) {
     vec wv[G];
     for (int g = 0; g < G; ++g) wv[g] = vload<T>(w + ci * cp + g * L);
@@ -193,10 +200,7 @@ __attribute__((always_inline)) inline void stem_tile(const T* img, int64_t H, in
   typedef typename VT<T>::vec vec;
   constexpr int L = VT<T>::W;
   vec acc[P][G];
-  for (int g = 0; g < G; ++g) {
-    const vec bv = vload<T>(b + g * L);
-    for (int p = 0; p < P; ++p) acc[p][g] = bv;
-  }
+  dws_init_bias<T, G, P>(acc, b);
   for (int kh = 0; kh < 3; ++kh) {
     const int64_t iy = iy0 + kh;
     if (!kInterior && (iy < 0 || iy >= H)) continue;
