@@ -897,10 +897,11 @@ class Aligner:
         """Detected faces whose landmarks' eye line tilts by more than :data:`LEVEL_ABOVE` degrees (more than the
         landmark networks were trained on) are read again from a copy of their surroundings turned level by that
         tilt, up to twice; their landmarks (mapped back) and class probabilities replace the tilted reading's, in
-        place. Faces already read from an upright copy (the orientation search) are left as they are."""
-        eligible = np.concatenate([np.full(len(job.model_boxes), job.refine and job.back is None, bool)
+        place. A face read from an upright copy (the orientation search) is levelled within that copy (its
+        landmarks are still in the copy's pixels here; the job's map takes them to the image afterwards)."""
+        eligible = np.concatenate([np.full(len(job.model_boxes), job.refine, bool)
                                    for job in jobs]) if jobs else np.zeros(0, bool)
-        for _ in range(2):  # pts of these faces are in image coordinates; each reading cuts a copy from the image
+        for _ in range(2):  # each reading cuts a copy from the pixels the face's landmarks are in (pairs[i][0])
             roll = _roll_from_landmarks(pts)
             todo = np.flatnonzero(eligible & (np.abs(roll) > LEVEL_ABOVE))
             if len(todo) == 0:
