@@ -112,7 +112,9 @@ def test_sigkill_mid_run_then_resume_gives_every_row_once(folder, tmp_path):
     cmd = [sys.executable, "-m", "tcdcn_ext", "align", str(folder), "--out", str(out), "--workers", "2",
            "--batch-size", "2", "--quiet"]
     env = dict(os.environ, PYTHONPATH=PKG_PARENT, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    # cwd: not the checkout, whose source tcdcn_ext (no compiled _C where the package is installed, as in CI) would
+    # shadow the installed one for `python -m`
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -135,7 +137,7 @@ def test_sigkill_mid_run_then_resume_gives_every_row_once(folder, tmp_path):
     assert 0 < len(before) < N_IMAGES + 1, len(before)
     with open(out, "a") as f:  # and a line torn by the kill
         f.write('{"file": "img_0')
-    done = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=600, cwd=tmp_path)
     # Exit status 1 when this run wrote an error row (broken.jpg, unless the killed run had written it).
     assert done.returncode == (0 if any(r["file"] == "broken.jpg" for r in before) else 1), \
         done.stderr.decode()[-2000:]

@@ -11,12 +11,21 @@ pytest.importorskip("ray.data", reason="ray is installed without Ray Data (pip i
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+def ray_cluster(tmp_path_factory):
+    # Ray's workers start in the driver's working directory and put it first on their path: from the checkout, its
+    # source tcdcn_ext (no compiled _C where the package is installed, as in CI) would shadow the installed one.
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_cwd"))
     try:
-        yield
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        os.chdir(here)
 
 
 def test_map_batches_matches_the_aligner(ray_cluster, tmp_path):

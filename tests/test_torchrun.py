@@ -57,12 +57,14 @@ def _epoch(ckpt: Path) -> int:
 def test_torchrun_rank_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     split = write_synthetic_split(tmp_path / "split", n=64)
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
-    ref = subprocess.run(_cmd(split, ref_dir, 0), env=_env(), capture_output=True, timeout=600)
+    # cwd: not the checkout, whose source tcdcn_ext (no compiled _C where the package is installed, as in CI) would
+    # shadow the installed one for `python -m`
+    ref = subprocess.run(_cmd(split, ref_dir, 0), env=_env(), capture_output=True, timeout=600, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr.decode()[-3000:]
 
     ckpt = run_dir / "checkpoint.pt"
     log = open(tmp_path / "killed.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(_cmd(split, run_dir, 1), env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(_cmd(split, run_dir, 1), env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         victim = None
         deadline = time.monotonic() + 300
