@@ -60,14 +60,14 @@ def five_from_68(p: np.ndarray) -> np.ndarray:
 
 
 class Ours:
-    def __init__(self, points: int) -> None:
+    def __init__(self, points: int, search: bool = False) -> None:
         import torch
 
         from tcdcn_ext import Aligner
 
         torch.set_num_threads(1)
-        self.name = f"tcdcn_ext {points} pt"
-        self.aligner = Aligner(points=points)
+        self.name = f"tcdcn_ext {points} pt" + (" + rotation search" if search else "")
+        self.aligner = Aligner(points=points, search_rotations=search)
         self.points = points
         self.version = "tcdcn_ext (this checkout)"
 
@@ -146,7 +146,8 @@ class Mtcnn:
         return [(np.asarray(p, np.float64), None, tuple(b)) for b, p in zip(boxes, pts)]
 
 
-METHODS = {"ours5": lambda: Ours(5), "ours68": lambda: Ours(68), "dlib": Dlib, "mediapipe": MediaPipe,
+METHODS = {"ours5": lambda: Ours(5), "ours68": lambda: Ours(68), "ours5s": lambda: Ours(5, True),
+           "ours68s": lambda: Ours(68, True), "dlib": Dlib, "mediapipe": MediaPipe,
            "mtcnn": Mtcnn}
 
 

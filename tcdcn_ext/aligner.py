@@ -646,10 +646,15 @@ class Aligner:
             :class:`~tcdcn_ext.detect.YuNetDetector` for the trade-off and the default.
         min_face_size: the smallest face (pixels of the full image) to find: raises YuNet's working resolution
             where needed and drops smaller detections. 0: no limit beyond what ``max_side`` allows.
-        derotate: find faces turned in-plane (YuNet's own points do not follow a face's roll, so a detection that
-            scores below :data:`SEARCH_BELOW` is searched in rotated copies of its surroundings, 45-degree steps)
-            and read them from an upright copy, their landmarks rotated back. Costs nothing for faces YuNet scores
-            high; about one small detector batch per low-scoring face.
+        derotate: detected faces whose landmarks tilt by more than :data:`LEVEL_ABOVE` degrees are read again from
+            a copy of their surroundings turned level (up to twice), their landmarks rotated back: holds faces
+            turned by up to ~30-45 degrees; costs one more landmark pass for tilted faces only.
+        search_rotations: also look for faces turned further (YuNet's own points do not follow a face's roll): a
+            detection scoring below :data:`SEARCH_BELOW` is searched in copies of its surroundings rotated in
+            45-degree steps (one detector batch of small copies per image) and read upright where a copy scores
+            clearly higher. Off by default: it costs about a detection per low-scoring face (ten small faces in a
+            640x480 frame: ~8x the whole call) and on the scenes photos it rescued too few faces turned by 45-90
+            degrees to pay (`benchmarks/README.md`, *In-plane rotation*).
         model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.model.TCDCN` (copied: the
             caller's module is left as it is); default ``f"{points}pt"``.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
@@ -670,7 +675,7 @@ class Aligner:
                  shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
                  batch_size: int = 512, progress: bool | None = None,
                  max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
-                 derotate: bool = True) -> None:
+                 derotate: bool = True, search_rotations: bool = False) -> None:
         if points not in (5, 68):
             raise ValueError(f"points must be 5 or 68, got {points!r}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -709,6 +714,7 @@ class Aligner:
         self.batch_size = int(batch_size)
         self.progress = progress
         self.derotate = bool(derotate)
+        self.search_rotations = bool(search_rotations)
         self.detector_name = detector if isinstance(detector, str) or detector is None else "callable"
         self._detect = resolve_detector(detector)
         if isinstance(self._detect, YuNetDetector):
@@ -775,13 +781,13 @@ class Aligner:
         return jobs
 
     def _detected_jobs(self, pix: _Pixels, det: Detections, image: int) -> list[_Job]:
-        """The jobs of one image's detections: faces read where they are, except turned ones (``derotate``): a face
+        """The jobs of one image's detections: faces read where they are, except with ``search_rotations``: a face
         that YuNet scores below :data:`SEARCH_BELOW` is also looked for in copies of its surroundings rotated by
-        :data:`SEARCH_ANGLES`; where a rotated copy scores clearly higher, the face is detected again and read in
-        an upright copy, and its landmarks are rotated back."""
+        :data:`SEARCH_ANGLES`; where a rotated copy scores clearly higher, the face is read from an upright copy,
+        and its landmarks are rotated back."""
         scores = det.scores.astype(np.float64)
         turn: dict[int, tuple[float, Detections]] = {}
-        if self.derotate and isinstance(self._detect, YuNetDetector) and len(det):
+        if self.search_rotations and isinstance(self._detect, YuNetDetector) and len(det):
             low = np.flatnonzero(det.scores < SEARCH_BELOW)
             if len(low):
                 squares = [_face_square(det.boxes[i]) for i in low]
