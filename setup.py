@@ -199,6 +199,9 @@ def _extension():
         **kwargs,
     )
     ext._tcdcn_simd_sources = simd  # compiled separately by TcdcnBuildExtension
+    # Relink (and recompile) when a per-ISA kernel source or any header changed: setuptools compares only `sources`
+    # and `depends` with the built module, and the per-ISA objects reach the link as extra objects.
+    ext.depends = sorted(set(simd + glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)))
     if with_cuda and extra_link and "cudart" in ext.libraries:
         # CUDAExtension always adds -lcudart, which a pip toolkit (libcudart.so.<major> only) cannot resolve;
         # the versioned file is linked by its full path instead (see _cuda_include_and_link).
