@@ -44,6 +44,13 @@ class World:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # Every rank reaches the end before any tears the group down: a rank whose peer had already destroyed
+            # its gloo pairs could abort in gloo's threads at exit ("terminate called without an active exception",
+            # seen once in CI on an uninterrupted 2-rank run).
+            try:
+                dist.barrier()
+            except Exception:  # a peer that died (kill-and-resume): nothing left to wait for
+                pass
             dist.destroy_process_group()
 
 
