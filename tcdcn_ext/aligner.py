@@ -581,10 +581,12 @@ def _roll_from_landmarks(pts: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(d[:, 1], d[:, 0]))
 
 
-def _box_from_landmarks(p: np.ndarray) -> np.ndarray:
-    """The model's box convention from a face's landmarks: the MTFL box model (5 points), the extent (68)."""
+def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The model's box for a face from its landmarks ``[P, 2]`` -> ``[4]``: the MTFL box model for 5 points
+    (:func:`tcdcn_ext.data.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged convention)."""
+    p = np.asarray(landmarks, np.float64)
     if len(p) == 5:
-        return data.predict_boxes_5pt(np.asarray(p, np.float64)[None])[0]
+        return data.predict_boxes_5pt(p[None])[0]
     return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
 
 
@@ -593,13 +595,6 @@ def _face_square(box: np.ndarray) -> tuple[np.ndarray, float]:
     read: 2.5 times the box's larger side, so that a face turned by any angle stays inside."""
     b = np.asarray(box, np.float64)
     return (b[:2] + b[2:]) / 2, 2.5 * max(float(b[2] - b[0]), float(b[3] - b[1]), 8.0)
-
-
-def _map_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The axis-aligned boxes around boxes [N, 4] mapped by the 2x3 affine ``m``."""
-    b = np.asarray(boxes, np.float64)
-    corners = np.stack([b[:, [0, 1]], b[:, [2, 1]], b[:, [0, 3]], b[:, [2, 3]]], 1) @ m[:, :2].T + m[:, 2]
-    return np.concatenate([corners.min(1), corners.max(1)], 1).astype(np.float32)
 
 
 def _invert_affine(m: np.ndarray) -> np.ndarray:
@@ -716,9 +711,7 @@ class Aligner:
         self.derotate = bool(derotate)
         self.search_rotations = bool(search_rotations)
         self.detector_name = detector if isinstance(detector, str) or detector is None else "callable"
-        self._detect = resolve_detector(detector)
-        if isinstance(self._detect, YuNetDetector):
-            self._detect = YuNetDetector(max_side=max_side, min_face_size=min_face_size)
+        self._detect = resolve_detector(detector, max_side=max_side, min_face_size=min_face_size)
         # Calibrations are fitted for YuNet: MTFL boxes (5 points), tight 68-point extents (68 points).
         self.calibration = ({5: CALIBRATION_5PT, 68: CALIBRATION_68PT}[points]
                             if calibrate and isinstance(self._detect, YuNetDetector) else None)
@@ -917,7 +910,7 @@ class Aligner:
                 centre = pts[i].mean(0)
                 side = 2.5 * max(float(np.ptp(pts[i][:, 0])), float(np.ptp(pts[i][:, 1])), 8.0)
                 upright, fwd = _upright_copy(pairs[i][0], centre, side, float(roll[i]))
-                level.append((upright, _box_from_landmarks(pts[i] @ fwd[:, :2].T + fwd[:, 2])))
+                level.append((upright, box_from_landmarks(pts[i] @ fwd[:, :2].T + fwd[:, 2])))
                 inverse.append(_invert_affine(fwd))
             new_pts, new_probs = self._predict(level, self.averaged)
             for k, i in enumerate(todo):

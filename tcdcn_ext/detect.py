@@ -313,17 +313,18 @@ class _UserDetector:
         return Detections(det.scores[keep], det.boxes[keep], None if det.points is None else det.points[keep])
 
 
-def resolve_detector(detector: str | Callable[..., Any] | None) -> Callable[[np.ndarray, float], Detections] | None:
+def resolve_detector(detector: str | Callable[..., Any] | None,
+                     **options: Any) -> Callable[[np.ndarray, float], Detections] | None:
     """``"auto"`` or ``"yunet"`` (the bundled :class:`YuNetDetector`), ``"none"``/None (None), or a callable (see
     :class:`_UserDetector`). ``"yuface"``, the detector of earlier releases (the same network family, in a wheel
     that exists for CPython <= 3.11 only), is accepted as a name for the bundled one. Returns ``f(rgb, min_score)
-    -> Detections`` or None."""
+    -> Detections`` or None. ``options`` go to :class:`YuNetDetector` (``max_side``, ``min_face_size``, ...)."""
     if callable(detector):
         return _UserDetector(detector)
     if detector is None or detector == "none":
         return None
     if detector in ("auto", "yunet", "yuface"):
-        return YuNetDetector()
+        return YuNetDetector(**options)
     raise ValueError(f"detector must be 'auto', 'yunet', 'none' or a callable, got {detector!r}")
 
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data
-from .aligner import Aligner, Color, Face, ImageLike, _describe, _to_pixels
+from .aligner import Aligner, Color, Face, ImageLike, _describe, _to_pixels, box_from_landmarks
 from .detect import _iou
 
 __all__ = ["FaceTracker", "OneEuroFilter", "box_from_landmarks", "measure_tracking", "synthetic_moving_video"]
@@ -52,15 +51,6 @@ class OneEuroFilter:
         self.x = a * x + (1 - a) * self.x
         self.t = t
         return self.x.copy()
-
-
-def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
-    """The model's box for a face from its landmarks ``[P, 2]`` -> ``[4]``: the MTFL box model for 5 points
-    (:func:`tcdcn_ext.data.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged convention)."""
-    p = np.asarray(landmarks, np.float64)
-    if len(p) == 5:
-        return data.predict_boxes_5pt(p[None])[0]
-    return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
 
 
 #: One-euro parameters of :class:`FaceTracker` (box-side units), chosen for the lowest error against the truth on a
