@@ -768,6 +768,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def checked_record(path: Path) -> dict[str, Any]:
+    """The ``.json`` record beside a weights file, after checking the file's sha256 against it; :class:`WeightsError`
+    naming the file when the record is missing or unreadable or the checksum differs."""
+    record_path = path.with_suffix(".json")
+    if not record_path.exists():
+        raise WeightsError(f"{record_path} (the checksum record of {path.name}) is missing")
+    try:
+        record = json.loads(record_path.read_text())
+        expected = record["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{record_path} is not a valid weights record: {exc}") from exc
+    actual = _sha256(path)
+    if actual != expected:
+        raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
+                           "the file is truncated or was modified")
+    return record
+
+
 def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] | None = None,
                  half: bool = True) -> dict[str, Any]:
     """Write ``path`` (``.pt``: config + state dict, fp16 storage when ``half``) and ``path.json`` with its
@@ -811,20 +829,9 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
         if not path.is_file():
             raise WeightsError(f"weights file {path} does not exist (shipped models: {sorted(_SHIPPED)})")
         must_verify = False
-    record_path = path.with_suffix(".json")
     record: dict[str, Any] | None = None
-    if verify and (must_verify or record_path.exists()):
-        if not record_path.exists():
-            raise WeightsError(f"{record_path} (the checksum record of {path.name}) is missing")
-        try:
-            record = json.loads(record_path.read_text())
-            expected = record["sha256"]
-        except (ValueError, KeyError) as exc:
-            raise WeightsError(f"{record_path} is not a valid weights record: {exc}") from exc
-        actual = _sha256(path)
-        if actual != expected:
-            raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
-                               "the file is truncated or was modified")
+    if verify and (must_verify or path.with_suffix(".json").exists()):
+        record = checked_record(path)
     try:
         blob = load_tensors(path, "weights file")
     except UnsafeFileError as exc:
@@ -841,6 +848,7 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{path}: its recorded architecture is not a TCDCNConfig ({exc})") from exc
     if record is not None and "config" in record:
+        record_path = path.with_suffix(".json")
         try:
             described = TCDCNConfig.from_dict(record["config"]).to_dict()
         except (ValueError, TypeError) as exc:

@@ -31,8 +31,6 @@ input, else on ``torch.nn.functional.conv2d`` (:meth:`YuNet.forward_reference`, 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,27 +168,19 @@ def _up2(x: Tensor) -> Tensor:
     return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_yunet(path: str | Path | None = None) -> YuNet:
     """The shipped YuNet (sha256-checked against ``yunet.json``, read with ``weights_only=True``), eval mode."""
-    from .model import WeightsError
+    from .checkpoint import UnsafeFileError, load_tensors
+    from .model import WeightsError, checked_record
 
     path = WEIGHTS if path is None else Path(path)
-    record = path.with_suffix(".json")
     if not path.is_file():
         raise WeightsError(f"YuNet weights {path} are missing from this installation")
+    checked_record(path)
     try:
-        expected = json.loads(record.read_text())["sha256"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"{record}: cannot read the checksum record of {path.name} ({exc})") from exc
-    actual = _sha256(path)
-    if actual != expected:
-        raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record.name}; the file "
-                           "is truncated or was modified")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, "YuNet weights file")
+    except UnsafeFileError as exc:
+        raise WeightsError(str(exc)) from exc
     net = YuNet()
     try:
         net.load_state_dict(state)
