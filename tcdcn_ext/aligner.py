@@ -52,7 +52,7 @@ import torch
 from . import data, ops
 from .averaging import default_shifts, standardise_by_centre
 from .detect import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
-                     calibrate_boxes, resolve_detector)
+                     calibrate_boxes, resolve_detector, rotation_about)
 from .model import TCDCN, WeightsError, load_model
 
 __all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
@@ -610,8 +610,7 @@ def _upright_copy(pix: _Pixels, centre: np.ndarray, side: float, angle: float) -
     import cv2
 
     n = int(np.ceil(side))
-    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), 1.0)
-    m[:, 2] += n / 2.0 - np.asarray(centre, np.float64)  # the face centre lands in the middle of the copy
+    m = rotation_about(centre, angle, 1.0, n)  # the face centre lands in the middle of the copy
     a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
     warped = cv2.warpAffine(np.ascontiguousarray(a), m, (n, n), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)

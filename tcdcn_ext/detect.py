@@ -121,6 +121,17 @@ class Detections:
         return Detections(np.zeros(0, np.float32), np.zeros((0, 4), np.float32), np.zeros((0, 5, 2), np.float32))
 
 
+def rotation_about(centre: np.ndarray, angle: float, scale: float, side: float) -> np.ndarray:
+    """The 2x3 map that rotates an image by ``angle`` degrees (counter-clockwise as seen) and scales it by ``scale``
+    about ``centre``, then moves ``centre`` to the middle of a ``side``-pixel square (the copies that the orientation
+    search and the Aligner's levelling read)."""
+    import cv2
+
+    m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), float(scale))
+    m[:, 2] += side / 2.0 - np.asarray(centre, np.float64)
+    return m
+
+
 class YuNetDetector:
     """The bundled face detector: YuNet (:mod:`tcdcn_ext.yunet`) on the library's own kernels, with its weights
     inside the package. Call it on an RGB uint8 image ``[H, W, 3]``: ``detector(rgb, min_score) -> Detections``.
@@ -195,8 +206,7 @@ class YuNetDetector:
         x = np.zeros((len(squares) * len(angles), pad, pad, 3), np.float32)
         for f, (centre, side) in enumerate(squares):
             for k, a in enumerate(angles):
-                m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(a), size / side)
-                m[:, 2] += size / 2.0 - np.asarray(centre, np.float64)
+                m = rotation_about(centre, a, size / side, size)
                 crop = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_AREA if size < side else cv2.INTER_LINEAR,
                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
                 x[f * len(angles) + k, :size, :size] = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
