@@ -32,6 +32,7 @@ input, else on ``torch.nn.functional.conv2d`` (:meth:`YuNet.forward_reference`, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -111,21 +112,26 @@ class YuNet(nn.Module):
             raise TypeError(f"YuNet input must be floating point (BGR values 0..255), got {x.dtype}")
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        self.check_input(x)
-        from . import ops
+        from . import _reference, ops
 
-        if ops.dw_separable_supported(x, self.stem_weight):
-            return self._run(x, self._native_block, self._native_stem)
-        return self.forward_reference(x)
+        self.check_input(x)
+        return self._run(x, ops if ops.dw_separable_supported(x, self.stem_weight) else _reference)
 
     def forward_reference(self, x: Tensor) -> list[Tensor]:
-        """The same network on ``torch.nn.functional`` (oneDNN convolutions): the oracle of the native path."""
-        self.check_input(x)
-        return self._run(x, self._torch_block, self._torch_stem)
+        """The same network on the ops' pure-PyTorch twins (``torch.nn.functional`` convolutions): the oracle of the
+        native path."""
+        from . import _reference
 
-    # The network's wiring, written once for both paths.
-    def _run(self, x: Tensor, block, stem) -> list[Tensor]:
-        y = stem(x)
+        self.check_input(x)
+        return self._run(x, _reference)
+
+    # The network's wiring, written once for both paths: ``impl`` is tcdcn_ext.ops or tcdcn_ext._reference (the
+    # same signatures).
+    def _run(self, x: Tensor, impl: Any) -> list[Tensor]:
+        def block(y: Tensor, b: Block, pool: bool, up: Tensor | None = None) -> Tensor:
+            return impl.dw_separable(y, *self.block_params(b.name), up=up, relu=b.relu, pool=pool)
+
+        y = impl.conv3x3_stride2_relu(x, self.stem_weight, self.stem_bias)
         taps = []
         for b in YUNET_LAYERS:
             y = block(y, b, pool=b.pool and not b.tap)
@@ -137,35 +143,6 @@ class YuNet(nn.Module):
         n16 = block(c16, NECK[0], pool=False, up=c32)  # top-down: the block reads c16 + up2(c32)
         n8 = block(c8, NECK[1], pool=False, up=n16)
         return [block(m, h, pool=False) for m, h in zip((n8, n16, c32), HEADS)]
-
-    def _torch_stem(self, x: Tensor) -> Tensor:
-        return F.relu(F.conv2d(x, self.stem_weight, self.stem_bias, stride=2, padding=1))
-
-    def _torch_block(self, x: Tensor, b: Block, pool: bool, up: Tensor | None = None) -> Tensor:
-        pw, pb, dw, db = self.block_params(b.name)
-        if up is not None:
-            x = x + _up2(up)
-        y = F.conv2d(x, pw[:, :, None, None], pb)
-        y = F.conv2d(y, dw[:, None], db, padding=1, groups=b.c_out)
-        if b.relu:
-            y = F.relu(y)
-        return F.max_pool2d(y, 2) if pool else y
-
-    def _native_stem(self, x: Tensor) -> Tensor:
-        from . import ops
-
-        return ops.conv3x3_stride2_relu(x, self.stem_weight, self.stem_bias)
-
-    def _native_block(self, x: Tensor, b: Block, pool: bool, up: Tensor | None = None) -> Tensor:
-        from . import ops
-
-        pw, pb, dw, db = self.block_params(b.name)
-        return ops.dw_separable(x, pw, pb, dw, db, up=up, relu=b.relu, pool=pool)
-
-
-def _up2(x: Tensor) -> Tensor:
-    """Nearest-neighbour 2x upsampling (ONNX Resize, nearest, asymmetric, floor: each cell copied to 2x2)."""
-    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
 
 
 def load_yunet(path: str | Path | None = None) -> YuNet:
