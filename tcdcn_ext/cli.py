@@ -39,7 +39,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--averaged", action="store_true", help="TCDCN-Averaged: landmarks and attribute probabilities "
                    "averaged over 20 shifted input windows in one shift_average op per batch "
                    "(tcdcn_ext.averaging.default_shifts)")
-    p.add_argument("--inference-weights", choices=["auto", "float32", "float16"], default="auto",
+    p.add_argument("--inference-weights", choices=["auto", "float32", "float16", "int8"], default="auto",
                    help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)

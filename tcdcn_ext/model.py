@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _C, ops
+from .quantize import dequantize_lc_weight, quantize_lc_weight
 from .nn import AbsTanh, LocallyConnected2d
 
 __all__ = ["AUX_TASKS_5PT", "CudaGraphForward", "TCDCN", "TCDCNConfig", "InferenceWeights", "WeightsError",
@@ -51,8 +52,8 @@ _SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
 
 
 #: Storage of the weights on the one-op CPU inference path (:meth:`TCDCN.set_inference_weights`).
-InferenceWeights = Literal["auto", "float32", "float16"]
-_INFERENCE_WEIGHTS = ("auto", "float32", "float16")
+InferenceWeights = Literal["auto", "float32", "float16", "int8"]
+_INFERENCE_WEIGHTS = ("auto", "float32", "float16", "int8")
 
 #: Activation modules selectable by ``TCDCNConfig.activation``.
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"abs_tanh": AbsTanh, "relu": nn.ReLU}
@@ -165,6 +166,10 @@ class TCDCN(nn.Module):
         * ``"float16"``: float16 copies always (weights rounded to float16: relative error <= 2^-11 each).
           Raises ``ValueError`` if a weight is beyond float16's range (65504).
         * ``"float32"``: float32 weights.
+        * ``"int8"``: the locally connected conv layers get symmetric int8 weights with a float32 scale per output
+          location and channel (:mod:`tcdcn_ext.quantize`; the kernels widen them in registers, sum in float32
+          and scale the sum), the other layers as ``"auto"``. A quarter of float32's bytes: the batch-1 forward
+          reads half of float16's. Changes the results slightly (the model cards give the accuracy); opt-in.
 
         Spatially shared convolutions (the 68-point model) always keep float32 copies (of the float16-rounded
         values under ``"float16"``): each weight is read at every location from cache, where widening it on every
@@ -231,6 +236,8 @@ class TCDCN(nn.Module):
     def _inference_weight(self, name: str, w: Tensor) -> Tensor:
         """``w`` (float32, the op's layout, contiguous) as :meth:`set_inference_weights` says."""
         mode = self._inference_weights
+        if mode == "int8":  # (the layers it does not quantise)
+            mode = "auto"
         if mode == "float32":
             return w
         half = w.half()
@@ -264,7 +271,7 @@ class TCDCN(nn.Module):
         act = {AbsTanh: 1, nn.ReLU: 3}.get(type(self.act))  # the epilogue codes; + 1: with 2x2 max pooling
         if act is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in sources):
             return plan
-        weights, biases, epilogues = [], [], []
+        weights, biases, epilogues, scales = [], [], [], []
         i = 0
         while i < len(layers):
             layer = layers[i]
@@ -275,10 +282,15 @@ class TCDCN(nn.Module):
             pool = isinstance(nxt, nn.MaxPool2d)
             if pool and not _is_plain_2x2(nxt):
                 return plan
-            w = self._inference_weight(f"conv[{i}]", layer.weight.detach().contiguous())
+            scale = None
+            if self._inference_weights == "int8" and isinstance(layer, LocallyConnected2d):
+                w, scale = quantize_lc_weight(layer.weight.detach())
+            else:
+                w = self._inference_weight(f"conv[{i}]", layer.weight.detach().contiguous())
             # A shared convolution reads its (cached) weights at every location: widening float16 on each load
             # would cost more than the bytes save, so it keeps float32 values (float16-rounded ones when so set).
             weights.append(w.float() if isinstance(layer, nn.Conv2d) else w)
+            scales.append(scale)
             biases.append(None if layer.bias is None else layer.bias.detach())
             epilogues.append(act + 1 if pool else act)
             i += 3 if pool else 2
@@ -292,24 +304,28 @@ class TCDCN(nn.Module):
         weights.append(self._inference_weight("heads", ops.lc_weight_from_natural(head_w)))
         biases.append(torch.cat([h.bias.detach() for _, h in heads]).reshape(-1, 1, 1))
         epilogues.append(0)
+        scales += [None, None]
         # One buffer: each layer's bias (locally connected: as [H, W, C], a channels-last [C, H, W] in memory), then
         # its weight.
         def hwc(b):
             return b.permute(1, 2, 0) if b.dim() == 3 else b
 
-        order = [t for w, b in zip(weights, biases) for t in ([] if b is None else [hwc(b)]) + [w]]
+        order = [t for w, b, s in zip(weights, biases, scales)
+                 for t in ([] if b is None else [hwc(b)]) + ([] if s is None else [s]) + [w]]
         copies = iter(_packed(order))
         for i, b in enumerate(biases):
             if b is not None:
                 biases[i] = next(copies).permute(2, 0, 1) if b.dim() == 3 else next(copies)
+            if scales[i] is not None:
+                scales[i] = next(copies)
             weights[i] = next(copies)
         head_sizes = [h.out_features for _, h in heads]
         example = torch.empty(0, 1, self.config.input_size, self.config.input_size)
         engine = _C.StackEngine(weights, biases, epilogues, example, head_sizes, sources,
                                 [name for name, _ in heads], [self.config.num_points, 2],
-                                [name != "landmarks" for name, _ in heads])
+                                [name != "landmarks" for name, _ in heads], scales)
         return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
-                              [name for name, _ in heads], head_sizes, engine)
+                              [name for name, _ in heads], head_sizes, engine, scales)
 
     def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
         """Initialise the landmark head's offset to a mean shape ``[P, 2]`` in the box frame."""
@@ -326,7 +342,7 @@ class TCDCN(nn.Module):
             plan = self._inference_plan(x)
             if plan is not None:
                 n = plan.features_end  # the layers up to the fc's; [N, F, 1, 1] channels-last: flatten is a view
-                return _LC_STACK(x, plan.weights[:n], plan.biases[:n], plan.epilogues[:n]).flatten(1)
+                return _LC_STACK(x, plan.op_weights()[:n], plan.biases[:n], plan.epilogues[:n]).flatten(1)
             h = self._conv_inference(x)
         return self.drop(self.act(self.fc(h.flatten(1))))
 
@@ -485,7 +501,7 @@ class TCDCN(nn.Module):
         if plan is not None:
             # The CPU inference copies (float16 where exact): the conv layers, then the fc and the stacked heads in
             # the locally connected layout, which the op runs on its lc kernels straight from the feature maps.
-            weights, biases = plan.weights, plan.biases
+            weights, biases = plan.op_weights(), plan.biases
             fc_w, fc_b, head_w, head_b = weights[n], biases[n], weights[n + 1], biases[n + 1]
             weights, biases = weights[:n], biases[:n]
         else:
@@ -597,6 +613,16 @@ class _InferencePlan:
     head_names: list[str]  # the output columns of the heads layer, in blocks of head_sizes
     head_sizes: list[int]
     engine: "_C.StackEngine | None"  # all of the above, checked once, in one native call (None: empty plan)
+    scales: list[Tensor | None] = field(default_factory=list)  # per layer: the int8 weight's scales, or None
+    _op_weights: list[Tensor] | None = None
+
+    def op_weights(self) -> list[Tensor]:
+        """The weights as the ops (lc_conv2d_stack, shift_average) take them: int8 ones dequantized to float32
+        (the values the engine computes with; made on first use), the others as they are."""
+        if self._op_weights is None:
+            self._op_weights = [w if s is None else dequantize_lc_weight(w, s)
+                                for w, s in zip(self.weights, self.scales or [None] * len(self.weights))]
+        return self._op_weights
 
 
 def _plain_conv(layer: nn.Module) -> bool:

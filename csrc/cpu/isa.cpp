@@ -41,8 +41,10 @@ Isa detect() {
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30),
              avx512vl = b & (1u << 31);
   const bool zmm_state = (xcr0 & 0xe6) == 0xe6;  // opmask, ZMM_Hi256, Hi16_ZMM (+ XMM, YMM)
-  if (avx512f && avx512dq && avx512bw && avx512vl && zmm_state) return Isa::avx512;
-  return Isa::avx2;
+  if (!(avx512f && avx512dq && avx512bw && avx512vl && zmm_state)) return Isa::avx2;
+  const bool avx512vnni = c & (1u << 11);  // CPUID.(7,0):ECX[11]; its registers are the AVX-512 ones
+  if (avx512vnni) return Isa::vnni;
+  return Isa::avx512;
 #else
   return Isa::ref;
 #endif
@@ -99,6 +101,7 @@ const char* isa_name(Isa isa) {
     case Isa::ref: return "ref";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::vnni: return "vnni";
   }
   return "unknown";
 }
@@ -107,7 +110,8 @@ Isa isa_from_name(const std::string& name) {
   if (name == "ref") return Isa::ref;
   if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "'; expected one of: ref, avx2, avx512");
+  if (name == "vnni") return Isa::vnni;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "'; expected one of: ref, avx2, avx512, vnni");
 }
 
 }  // namespace tcdcn::cpu

@@ -1,5 +1,7 @@
 // CPU instruction-set selection for the tcdcn_ext kernels: detected once with cpuid + xgetbv, cached,
-// overridable with TCDCN_CPU_ISA=ref|avx2|avx512 (and from Python via tcdcn_ext.ops.set_cpu_isa for tests).
+// overridable with TCDCN_CPU_ISA=ref|avx2|avx512|vnni (and from Python via tcdcn_ext.ops.set_cpu_isa for tests).
+// Each path needs every one before it: vnni is avx512 plus AVX512_VNNI (the int8-weight kernels, lc_int8.h); the
+// float kernels of the vnni path are the avx512 ones.
 #pragma once
 
 #include <string>
@@ -7,7 +9,7 @@
 
 namespace tcdcn::cpu {
 
-enum class Isa : int { ref = 0, avx2 = 1, avx512 = 2 };
+enum class Isa : int { ref = 0, avx2 = 1, avx512 = 2, vnni = 3 };
 
 // Best path this host (CPU and OS register state) can run; computed once.
 Isa best_isa();
