@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _C, ops
-from .quantize import quantize_lc_weight
+from .quantize import dequantize_lc_weight, quantize_lc_weight
 from .nn import AbsTanh, LocallyConnected2d
 
 __all__ = ["AUX_TASKS_5PT", "CudaGraphForward", "TCDCN", "TCDCNConfig", "InferenceWeights", "WeightsError",
@@ -275,7 +275,7 @@ class TCDCN(nn.Module):
         act = {AbsTanh: 1, nn.ReLU: 3}.get(type(self.act))  # the epilogue codes; + 1: with 2x2 max pooling
         if act is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in sources):
             return plan
-        weights, biases, epilogues, scales, originals = [], [], [], [], []
+        weights, biases, epilogues, scales = [], [], [], []
         i = 0
         while i < len(layers):
             layer = layers[i]
@@ -287,10 +287,8 @@ class TCDCN(nn.Module):
             if pool and not _is_plain_2x2(nxt):
                 return plan
             scale = None
-            originals.append(None)
             if self._inference_weights == "int8" and isinstance(layer, LocallyConnected2d):
                 w, scale = quantize_lc_weight(layer.weight.detach())
-                originals[-1] = layer.weight.detach()
             else:
                 w = self._inference_weight(f"conv[{i}]", layer.weight.detach().contiguous())
             # A shared convolution reads its (cached) weights at every location: widening float16 on each load
@@ -311,7 +309,6 @@ class TCDCN(nn.Module):
         biases.append(torch.cat([h.bias.detach() for _, h in heads]).reshape(-1, 1, 1))
         epilogues.append(0)
         scales += [None, None]
-        originals += [None, None]
         # One buffer: each layer's bias (locally connected: as [H, W, C], a channels-last [C, H, W] in memory), then
         # its weight.
         def hwc(b):
@@ -332,7 +329,7 @@ class TCDCN(nn.Module):
                                 [name for name, _ in heads], [self.config.num_points, 2],
                                 [name != "landmarks" for name, _ in heads], scales)
         return _InferencePlan(plan.sources, weights, biases, epilogues, len(weights) - 1,
-                              [name for name, _ in heads], head_sizes, engine, scales, originals)
+                              [name for name, _ in heads], head_sizes, engine, scales)
 
     def set_mean_shape(self, uv: np.ndarray | Tensor) -> None:
         """Initialise the landmark head's offset to a mean shape ``[P, 2]`` in the box frame."""
@@ -621,19 +618,20 @@ class _InferencePlan:
     head_sizes: list[int]
     engine: "_C.StackEngine | None"  # all of the above, checked once, in one native call (None: empty plan)
     scales: list[Tensor | None] = field(default_factory=list)  # per layer: the int8 weight's scales, or None
-    originals: list[Tensor | None] = field(default_factory=list)  # per int8 layer: the parameter it was made from
     _op_weights: list[Tensor] | None = None
 
     def op_weights(self) -> list[Tensor]:
         """The weights for the ops that take no int8 weights (lc_conv2d_stack for features(), shift_average): in
-        place of an int8 one, the layer's weights as ``"auto"`` stores them (float16 where they are float16 values,
-        as the shipped ones are; made on first use); the others as they are."""
+        place of an int8 one, the values it stands for (``q * scale``) as float16 (a rounding of 2^-11 relative,
+        far below the int8 one, at float16's read cost; float32 beyond float16's range; made on first use); the
+        others as they are."""
         if self._op_weights is None:
             out = []
-            for w, src in zip(self.weights, self.originals or [None] * len(self.weights)):
-                if src is not None:
-                    half = src.half()
-                    w = half if torch.equal(half.float(), src) else src.contiguous()
+            for w, s in zip(self.weights, self.scales or [None] * len(self.weights)):
+                if s is not None:
+                    w = dequantize_lc_weight(w, s)
+                    half = w.half()
+                    w = half if bool(half.isfinite().all()) else w
                 out.append(w)
             self._op_weights = out
         return self._op_weights
