@@ -218,11 +218,13 @@ def test_align_batch_equals_single_calls(boxed, rgb):
              [(77.0, 27.0, 165.0, 115.0)]]
     batch = boxed.align_batch(imgs, boxes)
     assert [len(b) for b in batch] == [2, 1, 1, 1]
+    # (The shipped model's int8 weights run batches of up to 3 faces on the 'vnni' kernel where the CPU has it, which
+    # rounds activations to int16, and larger ones on the float kernels: ~2e-4 px apart.)
     for img, b, got in zip(imgs, boxes, batch):
         single = boxed.align(img, b)
         for s, g in zip(single, got):
             assert s.box == g.box
-            np.testing.assert_allclose(g.landmarks, s.landmarks, atol=1e-4)
+            np.testing.assert_allclose(g.landmarks, s.landmarks, atol=1e-3)
     # chunked forward passes give the same result
     small = Aligner(model=boxed.model, detector="none", batch_size=2)
     for got, ref in zip(small.align_batch(imgs, boxes), batch):

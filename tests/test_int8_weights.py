@@ -16,8 +16,9 @@ from tcdcn_ext.model import TCDCN, load_model, shipped_models
 from tcdcn_ext.quantize import QMAX, dequantize_lc_weight, quantize_lc_weight
 
 ISAS = ops.cpu_isas_supported()
-# The float paths widen q exactly and sum in float32; 'vnni' rounds each layer's input to int16 (lc_int8.h).
-TOL = {"ref": 1e-5, "avx2": 1e-5, "avx512": 1e-5, "vnni": 2e-3}
+# The float paths widen q exactly and sum in float32; 'vnni' rounds each layer's input to int16 (lc_int8.h); 'amx'
+# at 16 faces or more rounds it to bfloat16 (lc_amx.h), below that runs the vnni kernel.
+TOL = {"ref": 1e-5, "avx2": 1e-5, "avx512": 1e-5, "vnni": 2e-3, "amx": 3e-2}
 CODES = {"none": 0, "abs_tanh": 1, "abs_tanh_maxpool2d": 2}
 
 
@@ -79,7 +80,7 @@ ODD_LAYERS = [(3, 16, "abs_tanh_maxpool2d"), (3, 24, "abs_tanh"), (3, 32, "abs_t
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 40])
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 16, 40])
 def test_engine_equals_float32_with_dequantized_weights(isa, n):
     torch.manual_seed(n)
     for c_in, size, layers, quantize in ((1, 40, TCDCN_LAYERS, [True] * 4 + [False] * 2),
@@ -97,13 +98,14 @@ def test_engine_equals_float32_with_dequantized_weights(isa, n):
 def test_engine_non_contiguous_input_and_non_finite_faces(isa):
     torch.manual_seed(1)
     engine, plain, biases, epilogues = make_engine(1, 40, TCDCN_LAYERS, [True] * 4 + [False] * 2)
-    x = torch.randn(3, 1, 40, 44)[..., 2:42]  # strided rows
+    x = torch.randn(18, 1, 40, 44)[..., 2:42]  # strided rows; 18 faces: the amx tiles too
     x[1, 0, 5, 7] = float("nan")
     with ops.use_cpu_isa(isa), torch.no_grad():
         got = engine.stacked(x)
     assert bool(got[1].isnan().any())
-    want = ref.lc_conv2d_stack(x[[0, 2]], plain, biases, epilogues).flatten(1)
-    torch.testing.assert_close(got[[0, 2]], want, rtol=0, atol=TOL[isa] * max(float(want.abs().max()), 1.0))
+    keep = [n for n in range(18) if n != 1]
+    want = ref.lc_conv2d_stack(x[keep], plain, biases, epilogues).flatten(1)
+    torch.testing.assert_close(got[keep], want, rtol=0, atol=TOL[isa] * max(float(want.abs().max()), 1.0))
 
 
 def test_engine_checks_int8_arguments():
@@ -132,7 +134,7 @@ def dequantized_model(m: TCDCN) -> TCDCN:
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("n", [1, 4, 20])
 def test_model_int8_equals_dequantized_float32(isa, n):
     torch.manual_seed(2)
     m = TCDCN().eval().set_inference_weights("int8")
@@ -170,12 +172,15 @@ def test_shipped_model_int8_stays_close():
     assert (q8 - f16).abs().max() < 0.02  # box-frame units: 2 % of the box; the model card has the test-set error
 
 
-def test_vnni_path_is_listed_only_where_the_cpu_has_it():
+def test_vnni_and_amx_paths_are_listed_only_where_the_cpu_has_them():
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo to compare with")
-    flags = open("/proc/cpuinfo").read()
-    has = " avx512_vnni" in flags and " avx512bw" in flags
-    assert ("vnni" in ISAS) == has
-    if not has:
-        with pytest.raises(ValueError, match="not supported"):
-            ops.set_cpu_isa("vnni")
+    flags = open("/proc/cpuinfo").read().split()
+    vnni = "avx512_vnni" in flags and "avx512bw" in flags
+    amx = vnni and all(f in flags for f in ("avx512_bf16", "amx_tile", "amx_bf16"))
+    assert ("vnni" in ISAS) == vnni
+    assert ("amx" in ISAS) == amx  # (the process' tile permission is granted on Linux 5.16+)
+    for name, has in (("vnni", vnni), ("amx", amx)):
+        if not has:
+            with pytest.raises(ValueError, match="not supported"):
+                ops.set_cpu_isa(name)

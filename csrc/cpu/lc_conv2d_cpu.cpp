@@ -11,6 +11,7 @@
 
 #include "cpu/kernel_table.h"
 #include "cpu/lc_stack_plan.h"
+#include "cpu/simd/lc_amx.h"
 #include "cpu/simd/lc_int8.h"
 #include "lc_conv2d_shape.h"
 
@@ -344,8 +345,25 @@ void LcStackPlan::Layer::set_offsets(bool first) {
     tap_offsets(C_in, kH, kW, 1, W * C_in, C_in, off);
 }
 
+// Which int8 kernel runs a layer (measured on one Sapphire Rapids core, 5-point TCDCN): up to kPairMaxFaces faces the
+// vnni one (the weight stream is the cost: ~5 % faster than widening to float); from kTileMinFaces faces and
+// kTileMinTaps taps the AMX tiles (layers 2 and 3 at N = 256: ~2.5 ms less each); otherwise the float kernels, which
+// widen each weight (for a 25-tap layer the tiles' gather of the windows and the vnni kernel's 4-face register tile
+// cost more than they save).
+constexpr int64_t kPairMaxFaces = 3;
+constexpr int64_t kTileMinFaces = 16;
+constexpr int64_t kTileMinTaps = 64;
+
 void LcStackPlan::Layer::set_pairs() {
   if (static_cast<int>(best_isa()) < static_cast<int>(Isa::vnni) || C_out % 16 != 0) return;
+  if (static_cast<int>(best_isa()) >= static_cast<int>(Isa::amx)) {
+    // [L, C_in, kH, kW, C_out] -> taps in (kh, kw, ci) order, zero-padded to K_pad, pairs interleaved per channel.
+    const int64_t L = H_out * W_out, K = C_in * kH * kW, kp = lc_amx_k_pad(K);
+    at::Tensor q = weight.view({L, C_in, kH, kW, C_out}).permute({0, 2, 3, 1, 4}).reshape({L, K, C_out});
+    if (kp != K) q = at::constant_pad_nd(q, {0, 0, 0, kp - K}, 0);
+    if (K >= kTileMinTaps)
+      tile_weight = q.view({L, kp / 2, 2, C_out}).permute({0, 1, 3, 2}).to(at::kBFloat16).contiguous();  // exact
+  }
   // [L, C_in, kH, kW, C_out] -> the taps of each kernel row in channels-last memory order (kw, ci), padded with a
   // zero tap to an even count, taken in pairs: [L, kH, rows of pairs, 2, C_out] -> [L, P, C_out, 2].
   const int64_t L = H_out * W_out, run = kW * C_in, prow = lc_pairs_per_row(kW, C_in);
@@ -380,13 +398,16 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
 #if TCDCN_HAVE_X86_SIMD
   // int8 layers on the vnni path (lc_int8.h): each one's input quantised to int16 channels-last rows first, with two
   // elements of slack after the last face (an odd run of taps reads one past it, against a zero weight).
-  const bool pairs = static_cast<int>(active_isa()) >= static_cast<int>(Isa::vnni);
+  const bool pairs = static_cast<int>(active_isa()) >= static_cast<int>(Isa::vnni) && N <= kPairMaxFaces;
   int64_t xq_n = 0;
   for (const Layer& l : layers_)
     if (pairs && l.pair_weight.defined()) xq_n = std::max(xq_n, N * l.C_in * l.H * l.W + 2);
   const at::Tensor xq = xq_n > 0 ? at::empty({xq_n}, x.options().dtype(at::kShort)) : at::Tensor();
   const at::Tensor xs = xq_n > 0 ? at::empty({N}, x.options().dtype(at::kFloat)) : at::Tensor();
-  const at::Tensor x_rows = xq_n > 0 && first.pair_weight.defined() ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+  const bool tiles = static_cast<int>(active_isa()) >= static_cast<int>(Isa::amx) && N >= kTileMinFaces;
+  const at::Tensor x_rows = (xq_n > 0 && first.pair_weight.defined()) || (tiles && first.tile_weight.defined())
+                                ? x.contiguous(at::MemoryFormat::ChannelsLast)
+                                : x;
 #endif
   AT_DISPATCH_FLOATING_TYPES(dtype_, "lc_conv2d_stack", [&] {
     const auto& k = cpu::lc_kernels<scalar_t>();
@@ -415,7 +436,20 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
         bool launched = false;  // float16 or int8 weights (float32 input): launched here
         if constexpr (std::is_same_v<scalar_t, float>) {
 #if TCDCN_HAVE_X86_SIMD
-          if ((launched = pairs && l.pair_weight.defined())) {
+          if ((launched = tiles && l.tile_weight.defined())) {
+            const float* src = i == 0 ? x_rows.const_data_ptr<float>() : reinterpret_cast<const float*>(in);
+            const LcAmxGeom ga{N, l.H, l.W, l.C_in, i == 0 ? x_rows.stride(0) : l.H * l.W * l.C_in, l.H_out, l.W_out,
+                               l.C_out, l.kH, l.kW, lc_amx_k_pad(l.C_in * l.kH * l.kW)};
+            const uint16_t* tw = reinterpret_cast<const uint16_t*>(l.tile_weight.const_data_ptr<at::BFloat16>());
+            const float* ws = l.scale.const_data_ptr<float>();
+            const float* bf = reinterpret_cast<const float*>(bp);
+            float* df = reinterpret_cast<float*>(dst);
+            for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep, [&](int64_t l0, int64_t l1) {
+              at::Tensor a = at::empty({lc_amx_scratch(ga)}, x.options().dtype(at::kShort));  // 64-byte aligned
+              amx::lc_forward_int8_tiles(ga, src, tw, ws, bf, df, l0, l1, ep,
+                                         reinterpret_cast<uint16_t*>(a.mutable_data_ptr<int16_t>()));
+            });
+          } else if ((launched = pairs && l.pair_weight.defined())) {
             const float* src = i == 0 ? x_rows.const_data_ptr<float>() : reinterpret_cast<const float*>(in);
             const int64_t count = l.H * l.W * l.C_in, src_sN = i == 0 ? x_rows.stride(0) : count;
             const LcPairGeom gp{N, l.H, l.W, l.C_in, l.H_out, l.W_out, l.C_out, int64_t(l.pair_off.size()),

@@ -52,6 +52,9 @@ class LcStackPlan {
     // it ([L, P, C_out, 2], cpu/simd/lc_int8.h) and the pairs' offsets in the int16 channels-last input.
     at::Tensor pair_weight;
     std::vector<int64_t> pair_off;
+    // int8 weights on a host with the amx path (C_out a multiple of 16): q as bfloat16 in the tiles' layout
+    // ([L, K_pad / 2, C_out, 2], cpu/simd/lc_amx.h), for batches of at least kTileMinFaces faces.
+    at::Tensor tile_weight;
     void set_pairs();
     bool shared;
     int epilogue;
