@@ -225,11 +225,11 @@ def test_align_batch_equals_single_calls(boxed, rgb):
         for s, g in zip(single, got):
             assert s.box == g.box
             np.testing.assert_allclose(g.landmarks, s.landmarks, atol=1e-3)
-    # chunked forward passes give the same result
+    # chunked forward passes give the same result (to the kernels' difference above)
     small = Aligner(model=boxed.model, detector="none", batch_size=2)
     for got, ref in zip(small.align_batch(imgs, boxes), batch):
         for g, r in zip(got, ref):
-            np.testing.assert_allclose(g.landmarks, r.landmarks, atol=1e-4)
+            np.testing.assert_allclose(g.landmarks, r.landmarks, atol=1e-3)
     # the mirrored face's points mirror back (same face, x -> W - 1 - x)
     w = rgb.shape[1]
     a, m = batch[0][0].landmarks, batch[1][0].landmarks
