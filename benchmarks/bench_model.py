@@ -168,3 +168,38 @@ def test_averaged(benchmark, threads, name, impl):
     elif name in _ONE_PASS_MS:
         benchmark.extra_info["ratio_vs_one_pass"] = med / _ONE_PASS_MS[name]
     benchmark.extra_info["ms"] = med
+
+
+# -- weight storage at N = 256 on one thread: the int8 kernels against float16 storage (one core: the other cores of
+# the development machine run other work, so one-thread rows compare like for like) --------------------------------
+
+
+@pytest.mark.parametrize("weights", ["float16", "int8-avx512", "int8"])
+def test_model_forward_batched_storage(benchmark, threads, weights, request):
+    """N = 256, one thread: float16 storage, int8 widened to float by the avx512 kernels, and int8 on the best path
+    (the AMX bf16 tiles where the CPU has them: layers of >= 64 taps; extra_info["isa"])."""
+    import contextlib
+
+    storage, _, isa = weights.partition("-")
+    if isa and isa not in ops.cpu_isas_supported():
+        pytest.skip(f"this CPU has no {isa} path")
+    torch.set_num_threads(1)
+    model = _model().set_inference_weights(storage)
+    x = torch.randn(256, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    stack = contextlib.ExitStack()
+    request.addfinalizer(stack.close)
+    if isa:
+        stack.enter_context(ops.use_cpu_isa(isa))
+    tol = {"int8": 3e-2 if ops.cpu_isa() == "amx" else 3e-3}.get(storage, 1e-4)  # amx: bfloat16 activations
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x)["landmarks"], reference_forward(model, x), rtol=tol, atol=tol)
+
+    def run():
+        with torch.inference_mode():
+            return model(x)["landmarks"]
+
+    benchmark.group = "TCDCN 5-point forward, N=256, 1 thread: weight storage"
+    benchmark.extra_info.update(weights=weights, n=256, threads=1, isa=ops.cpu_isa())
+    with stack:
+        benchmark.pedantic(run, rounds=20, warmup_rounds=2, iterations=1)
+    benchmark.extra_info["faces_per_s"] = 256 / benchmark.stats.stats.median
