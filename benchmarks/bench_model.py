@@ -33,6 +33,17 @@ def _model() -> TCDCN:
 TOL = {"int8": 3e-3}
 
 
+_DEQUANTIZED: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _dequantized(w: torch.Tensor) -> torch.Tensor:
+    """The float32 weights int8 storage stands for, made once per parameter (not inside the timed reference row)."""
+    key = id(w)
+    if key not in _DEQUANTIZED or _DEQUANTIZED[key][0] is not w:
+        _DEQUANTIZED[key] = (w, dequantize_lc_weight(*quantize_lc_weight(w)))
+    return _DEQUANTIZED[key][1]
+
+
 def reference_forward(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
     """The model's landmarks computed with the reference ops only (with int8 inference weights: from the float32
     weights the int8 ones stand for)."""
@@ -40,7 +51,7 @@ def reference_forward(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
     h = x
     for layer in model.conv:
         if isinstance(layer, LocallyConnected2d):
-            w = dequantize_lc_weight(*quantize_lc_weight(layer.weight)) if int8 else layer.weight
+            w = _dequantized(layer.weight) if int8 else layer.weight
             h = ref.lc_conv2d(h, w, layer.bias, layer.stride, layer.padding)
         elif isinstance(layer, AbsTanh):
             h = ref.abs_tanh(h)
