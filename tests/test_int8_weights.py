@@ -184,3 +184,32 @@ def test_vnni_and_amx_paths_are_listed_only_where_the_cpu_has_them():
         if not has:
             with pytest.raises(ValueError, match="not supported"):
                 ops.set_cpu_isa(name)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 20), c_in=st.integers(1, 6), c_out=st.sampled_from([5, 16, 17, 32, 48]),
+       k=st.integers(1, 4), extra=st.integers(0, 4), epilogue=st.sampled_from(["none", "abs_tanh", "abs_tanh_maxpool2d"]),
+       wide=st.booleans(), isa=st.sampled_from(ISAS))
+def test_fuzz_int8_layer_on_every_path(n, c_in, c_out, k, extra, epilogue, wide, isa):
+    """One int8 layer (any taps: odd tap runs, fewer than 64 or more; C_out on and off the integer kernels' multiple
+    of 16) with a plain 1x1 layer after it, against the reference on the dequantized weights."""
+    torch.manual_seed(n * 1000 + c_in * 100 + c_out + k)
+    size = k + extra + (1 if epilogue == "abs_tanh_maxpool2d" else 0)
+    c_in = c_in * (8 if wide else 1)  # wide: >= 64 taps for k >= 3 (the amx tiles)
+    w = torch.randn(size - k + 1, size - k + 1, c_in, k, k, c_out) / (c_in * k * k) ** 0.5
+    q, s = quantize_lc_weight(w)
+    h = (size - k + 1) // (2 if epilogue == "abs_tanh_maxpool2d" else 1)
+    w2 = torch.randn(1, 1, c_out, h, h, 3)
+    b1, b2 = torch.randn(c_out, size - k + 1, size - k + 1), torch.randn(3, 1, 1)
+    engine = _C.StackEngine([q, w2], [b1, b2], [CODES[epilogue], 0], torch.empty(0, c_in, size, size), [3], [],
+                            scale=[s, None])
+    x = torch.randn(n, c_in, size, size)
+    with ops.use_cpu_isa(isa), torch.no_grad():
+        got = engine.stacked(x)
+    want = ref.lc_conv2d_stack(x, [dequantize_lc_weight(q, s), w2], [b1, b2], [epilogue, "none"]).flatten(1)
+    torch.testing.assert_close(got, want, rtol=0, atol=TOL[isa] * max(float(want.abs().max()), 1.0))
