@@ -45,6 +45,9 @@ SIMD_FLAGS = {
     "_ref.cpp": [],
     "_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
     "_avx512.cpp": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mf16c"],
+    "_vnni.cpp": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni", "-mfma", "-mf16c"],
+    "_amx.cpp": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mamx-tile",
+                 "-mamx-bf16", "-mamx-int8", "-mfma", "-mf16c"],
 }
 
 

@@ -110,8 +110,8 @@ class StackEngine {
   StackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
               const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
               std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape,
-              std::vector<bool> softmax)
-      : plan_(weight, bias, epilogue, example, "StackEngine"),
+              std::vector<bool> softmax, const std::vector<std::optional<at::Tensor>>& scale = {})
+      : plan_(weight, bias, epilogue, example, "StackEngine", scale),
         split_(std::move(split)),
         watch_(std::move(sources)),
         first_shape_(std::move(first_shape)),
@@ -271,10 +271,12 @@ PYBIND11_MODULE(_C, m) {
                           "A checked stack of convolutional layers run in one call: TCDCN's CPU inference path.")
       .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
                     const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>,
-                    std::vector<std::string>, std::vector<int64_t>, std::vector<bool>>(),
+                    std::vector<std::string>, std::vector<int64_t>, std::vector<bool>,
+                    const std::vector<std::optional<at::Tensor>>&>(),
            py::arg("weight"), py::arg("bias"), py::arg("epilogue"), py::arg("example"), py::arg("split"),
            py::arg("sources"), py::arg("names") = std::vector<std::string>(),
-           py::arg("first_shape") = std::vector<int64_t>(), py::arg("softmax") = std::vector<bool>())
+           py::arg("first_shape") = std::vector<int64_t>(), py::arg("softmax") = std::vector<bool>(),
+           py::arg("scale") = std::vector<std::optional<at::Tensor>>())
       .def("stacked", &StackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
       .def("probabilities", &StackEngine::probabilities,
            "stacked() with the blocks flagged in `softmax` as probabilities (softmax per row), or None.")

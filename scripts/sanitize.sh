@@ -42,7 +42,8 @@ if ! (cd "$WORK" && DEBUG=1 TCDCN_SANITIZE=1 TCDCN_FORCE_CPU=1 "$PYTHON" setup.p
   exit 2
 fi
 so=$(ls "$WORK"/tcdcn_ext/_C*.so)
-if ! nm -D "$so" | grep -q __asan_report; then
+# (grep reads all of nm's output: with pipefail, grep -q quitting early fails the pipeline by SIGPIPE on a large .so)
+if ! nm -D "$so" | grep __asan_report >/dev/null; then
   echo "sanitize: BUILD FAILED: $so is not instrumented (no __asan_report symbols)"
   exit 2
 fi

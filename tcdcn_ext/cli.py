@@ -48,8 +48,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--averaged", action="store_true", help="TCDCN-Averaged: landmarks and attribute probabilities "
                    "averaged over 20 shifted input windows in one shift_average op per batch "
                    "(tcdcn_ext.averaging.default_shifts)")
-    p.add_argument("--inference-weights", choices=["auto", "float32", "float16"], default="auto",
-                   help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights)")
+    p.add_argument("--inference-weights", choices=["auto", "float32", "float16", "int8"], default=None,
+                   help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights); default: "
+                        "the model's own (int8 for the shipped 5-point model, else auto)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
@@ -64,7 +65,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model).set_inference_weights(args.inference_weights)
+    model = load_model(args.model)
+    if args.inference_weights is not None:
+        model.set_inference_weights(args.inference_weights)
     split = Path(args.data) if args.data else default_data_root() / (
         "mtfl/test" if model.num_points == 5 else "300w/test_common")
     fs = data_mod.load_staged(split, progress=not args.quiet)

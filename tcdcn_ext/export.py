@@ -16,6 +16,10 @@ The three ways to deploy a model (README, "Deploy"):
 TCDCN-Averaged: :func:`portable_module` with ``shifts`` gives the averaged network (the windows cut from the crop
 with a margin, run as one batch, un-shifted and averaged), which :func:`to_onnx` exports like the plain one; its
 outputs are those of :meth:`TCDCN.predict_shift_average` (landmarks in the given box's frame, class probabilities).
+
+Every exported graph carries the parameters in float32: :meth:`TCDCN.set_inference_weights` (float16 or int8 weight
+storage, the shipped 5-point model's int8 default) is a setting of the native CPU engine, where it buys speed; an
+exported graph computes what the model does under ``set_inference_weights("auto")``.
 """
 
 from __future__ import annotations

@@ -89,9 +89,10 @@ _ops = torch.ops.tcdcn_ext
 
 
 def cpu_isa() -> str:
-    """The CPU kernel path in use: ``"ref"`` (portable scalar), ``"avx2"`` (AVX2+FMA) or ``"avx512"``.
+    """The CPU kernel path in use: ``"ref"`` (portable scalar), ``"avx2"`` (AVX2+FMA), ``"avx512"`` or ``"vnni"``
+    (AVX-512 plus VNNI: the avx512 float kernels and integer ones for int8 weights).
 
-    Chosen once at import from cpuid/xgetbv; ``TCDCN_CPU_ISA=ref|avx2|avx512`` overrides it.
+    Chosen once at import from cpuid/xgetbv; ``TCDCN_CPU_ISA=ref|avx2|avx512|vnni`` overrides it.
     """
     return _C.cpu_isa()
 

@@ -217,16 +217,18 @@ def test_align_batch_equals_single_calls(boxed, rgb):
              [(77.0, 27.0, 165.0, 115.0)]]
     batch = boxed.align_batch(imgs, boxes)
     assert [len(b) for b in batch] == [2, 1, 1, 1]
+    # (The shipped model's int8 weights run batches of up to 3 faces on the 'vnni' kernel where the CPU has it, which
+    # rounds activations to int16, and larger ones on the float kernels: ~2e-4 px apart.)
     for img, b, got in zip(imgs, boxes, batch):
         single = boxed.align(img, b)
         for s, g in zip(single, got):
             assert s.box == g.box
-            np.testing.assert_allclose(g.landmarks, s.landmarks, atol=1e-4)
-    # chunked forward passes give the same result
+            np.testing.assert_allclose(g.landmarks, s.landmarks, atol=1e-3)
+    # chunked forward passes give the same result (to the kernels' difference above)
     small = Aligner(model=boxed.model, detector="none", batch_size=2)
     for got, ref in zip(small.align_batch(imgs, boxes), batch):
         for g, r in zip(got, ref):
-            np.testing.assert_allclose(g.landmarks, r.landmarks, atol=1e-4)
+            np.testing.assert_allclose(g.landmarks, r.landmarks, atol=1e-3)
     # the mirrored face's points mirror back (same face, x -> W - 1 - x)
     w = rgb.shape[1]
     a, m = batch[0][0].landmarks, batch[1][0].landmarks

@@ -65,7 +65,8 @@ def test_float16_storage_equals_float32_on_rounded_weights(n):
 @pytest.mark.skipif("5pt" not in shipped_models(), reason="no shipped 5-point model")
 def test_shipped_model_takes_float16_and_keeps_its_outputs():
     m = load_model("5pt")
-    assert m.inference_weights == "auto"
+    assert m.inference_weights == "int8"  # the shipped default (tests/test_int8_weights.py)
+    m.set_inference_weights("auto")
     x = torch.randn(4, 1, 40, 40)
     with torch.inference_mode():
         got = m(x)

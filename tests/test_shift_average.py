@@ -73,7 +73,9 @@ def test_heads_per_shift_are_the_single_window_outputs(device, shared):
 def test_shipped_models_match_twenty_passes_to_1e4(device, name):
     """The issue's exactness bar: the fused op equals 20 independent passes on the shifted windows, to 1e-4
     (float32), for the shipped networks and their default shift patterns."""
-    m = load_model(name, device=device)
+    # (The shipped 5-point model's default int8 weights stand for slightly different values than the parameters the
+    # reference passes use: tests/test_int8_weights.py checks the op on those.)
+    m = load_model(name, device=device).set_inference_weights("auto")
     shifts = default_shifts(m)
     assert len(shifts) == 20
     crop = _crop(4, m.input_size, int(np.abs(shifts).max()), dtype=torch.float32, device=device)

@@ -5,6 +5,11 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #define TCDCN_X86 1
@@ -24,6 +29,17 @@ unsigned long long read_xcr0() {
 }
 #endif
 
+// Linux keeps the AMX tile data state off until a process asks for it: without the permission the first tile
+// instruction faults (SIGILL). Elsewhere: no AMX path.
+bool tile_permission() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 Isa detect() {
 #if TCDCN_X86 && TCDCN_HAVE_X86_SIMD
   unsigned int a = 0, b = 0, c = 0, d = 0;
@@ -41,8 +57,15 @@ Isa detect() {
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30),
              avx512vl = b & (1u << 31);
   const bool zmm_state = (xcr0 & 0xe6) == 0xe6;  // opmask, ZMM_Hi256, Hi16_ZMM (+ XMM, YMM)
-  if (avx512f && avx512dq && avx512bw && avx512vl && zmm_state) return Isa::avx512;
-  return Isa::avx2;
+  if (!(avx512f && avx512dq && avx512bw && avx512vl && zmm_state)) return Isa::avx2;
+  const bool avx512vnni = c & (1u << 11);  // CPUID.(7,0):ECX[11]; its registers are the AVX-512 ones
+  if (!avx512vnni) return Isa::avx512;
+  const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);  // CPUID.(7,0):EDX
+  unsigned int a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+  const bool avx512bf16 = __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 & (1u << 5));
+  const bool tile_state = (xcr0 & (3ull << 17)) == (3ull << 17);  // XTILECFG, XTILEDATA
+  if (amx_bf16 && amx_tile && avx512bf16 && tile_state && tile_permission()) return Isa::amx;
+  return Isa::vnni;
 #else
   return Isa::ref;
 #endif
@@ -99,6 +122,8 @@ const char* isa_name(Isa isa) {
     case Isa::ref: return "ref";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::vnni: return "vnni";
+    case Isa::amx: return "amx";
   }
   return "unknown";
 }
@@ -107,7 +132,9 @@ Isa isa_from_name(const std::string& name) {
   if (name == "ref") return Isa::ref;
   if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "'; expected one of: ref, avx2, avx512");
+  if (name == "vnni") return Isa::vnni;
+  if (name == "amx") return Isa::amx;
+  throw std::invalid_argument("unknown CPU ISA '" + name + "'; expected one of: ref, avx2, avx512, vnni, amx");
 }
 
 }  // namespace tcdcn::cpu

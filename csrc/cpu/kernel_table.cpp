@@ -5,6 +5,8 @@ namespace tcdcn::cpu {
 #if TCDCN_HAVE_X86_SIMD
 #define TCDCN_PICK(table)                          \
   switch (active_isa()) {                          \
+    case Isa::amx:    /* their float kernels */    \
+    case Isa::vnni:                                \
     case Isa::avx512: return avx512::table;        \
     case Isa::avx2: return avx2::table;            \
     case Isa::ref: break;                          \

@@ -13,6 +13,8 @@
 
 #include "cpu/kernel_table.h"
 #include "cpu/lc_stack_plan.h"
+#include "cpu/simd/lc_amx.h"
+#include "cpu/simd/lc_int8.h"
 #include "lc_conv2d_shape.h"
 
 namespace tcdcn {
@@ -288,11 +290,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
 namespace cpu {
 
 LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
-                         at::IntArrayRef epilogue, const at::Tensor& input, const char* op)
+                         at::IntArrayRef epilogue, const at::Tensor& input, const char* op,
+                         const std::vector<std::optional<at::Tensor>>& scale)
     : dtype_(input.scalar_type()) {
   TORCH_CHECK(!weight.empty() && bias.size() == weight.size() && epilogue.size() == weight.size(), op,
               ": weight (", weight.size(), "), bias (", bias.size(), ") and epilogue (", epilogue.size(),
               ") must list the same, non-zero number of layers");
+  TORCH_CHECK(scale.empty() || scale.size() == weight.size(), op, ": scale must be empty or list one entry per ",
+              "layer (", weight.size(), "), got ", scale.size());
   TORCH_CHECK(input.device().is_cpu(), op, ": input must be on the CPU, got ", input.device());
   const int64_t unit[2] = {1, 1}, none[2] = {0, 0};
   at::Tensor in = input;  // layer i's input: metadata only (later layers: a one-element stand-in of its shape)
@@ -331,10 +336,29 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
         l.bias.narrow(0, 0, l.C_out).copy_(b);
       }
     } else {
-      const LcShape s = lc_conv2d_shape(in, weight[i], bias[i], unit, none, name.c_str(), /*half_weight_ok=*/true);
+      const bool int8 = weight[i].scalar_type() == at::kChar;
+      const bool has_scale = !scale.empty() && scale[i].has_value() && scale[i]->defined();
+      TORCH_CHECK(int8 == has_scale, name, int8 ? ": an int8 weight needs its scale" :
+                  ": a scale goes with an int8 weight only, got a ", weight[i].scalar_type(), " weight");
+      // An int8 weight is checked as a float32 one of its shape (the checks read only shape, dtype and device).
+      const at::Tensor w_shape = int8 ? at::empty({}, in.options()).expand(weight[i].sizes()) : weight[i];
+      TORCH_CHECK(!int8 || (in.scalar_type() == at::kFloat && weight[i].device() == in.device()), name,
+                  ": an int8 weight needs a float32 input on its device, got ", in.scalar_type(), " on ",
+                  in.device(), " and a weight on ", weight[i].device());
+      const LcShape s = lc_conv2d_shape(in, w_shape, bias[i], unit, none, name.c_str(), /*half_weight_ok=*/true);
       l.weight = weight[i].contiguous();
       l.C_in = s.C_in, l.H = s.H, l.W = s.W, l.C_out = s.C_out, l.H_out = s.H_out, l.W_out = s.W_out;
       l.kH = s.kH, l.kW = s.kW;
+      if (int8) {
+        const at::Tensor& sc = *scale[i];
+        TORCH_CHECK(sc.dim() == 3 && sc.size(0) == s.H_out && sc.size(1) == s.W_out && sc.size(2) == s.C_out, name,
+                    ": scale must be [H_out, W_out, C_out] = [", s.H_out, ", ", s.W_out, ", ", s.C_out,
+                    "], got shape ", sc.sizes());
+        TORCH_CHECK(sc.scalar_type() == at::kFloat && sc.device() == in.device(), name,
+                    ": scale must be float32 on ", in.device(), ", got ", sc.scalar_type(), " on ", sc.device());
+        l.scale = sc.contiguous();
+        l.set_pairs();
+      }
     }
     if (i == 0) {
       C_ = l.C_in;
@@ -377,6 +401,36 @@ void LcStackPlan::Layer::set_offsets(bool first) {
     tap_offsets(C_in, kH, kW, 1, W * C_in, C_in, off);
 }
 
+// Which int8 kernel runs a layer (measured on one Sapphire Rapids core, 5-point TCDCN): up to kPairMaxFaces faces the
+// vnni one (the weight stream is the cost: ~5 % faster than widening to float); from kTileMinFaces faces and
+// kTileMinTaps taps the AMX tiles (layers 2 and 3 at N = 256: ~2.5 ms less each); otherwise the float kernels, which
+// widen each weight (for a 25-tap layer the tiles' gather of the windows and the vnni kernel's 4-face register tile
+// cost more than they save).
+constexpr int64_t kPairMaxFaces = 3;
+constexpr int64_t kTileMinFaces = 16;
+constexpr int64_t kTileMinTaps = 64;
+
+void LcStackPlan::Layer::set_pairs() {
+  if (static_cast<int>(best_isa()) < static_cast<int>(Isa::vnni) || C_out % 16 != 0) return;
+  if (static_cast<int>(best_isa()) >= static_cast<int>(Isa::amx)) {
+    // [L, C_in, kH, kW, C_out] -> taps in (kh, kw, ci) order, zero-padded to K_pad, pairs interleaved per channel.
+    const int64_t L = H_out * W_out, K = C_in * kH * kW, kp = lc_amx_k_pad(K);
+    at::Tensor q = weight.view({L, C_in, kH, kW, C_out}).permute({0, 2, 3, 1, 4}).reshape({L, K, C_out});
+    if (kp != K) q = at::constant_pad_nd(q, {0, 0, 0, kp - K}, 0);
+    if (K >= kTileMinTaps)
+      tile_weight = q.view({L, kp / 2, 2, C_out}).permute({0, 1, 3, 2}).to(at::kBFloat16).contiguous();  // exact
+  }
+  // [L, C_in, kH, kW, C_out] -> the taps of each kernel row in channels-last memory order (kw, ci), padded with a
+  // zero tap to an even count, taken in pairs: [L, kH, rows of pairs, 2, C_out] -> [L, P, C_out, 2].
+  const int64_t L = H_out * W_out, run = kW * C_in, prow = lc_pairs_per_row(kW, C_in);
+  at::Tensor q = weight.view({L, C_in, kH, kW, C_out}).permute({0, 2, 3, 1, 4}).reshape({L, kH, run, C_out});
+  if (2 * prow != run) q = at::constant_pad_nd(q, {0, 0, 0, 2 * prow - run}, 0);
+  pair_weight = q.view({L, kH, prow, 2, C_out}).permute({0, 1, 2, 4, 3}).contiguous().view({L, kH * prow, C_out, 2});
+  pair_off.resize(kH * prow);
+  for (int64_t kh = 0, p = 0; kh < kH; ++kh)
+    for (int64_t r = 0; r < prow; ++r, ++p) pair_off[p] = kh * W * C_in + 2 * r;
+}
+
 bool LcStackPlan::serves(const at::Tensor& x) const {
   return x.scalar_type() == dtype_ && x.device().is_cpu() && x.dim() == 4 && x.size(1) == C_ && x.size(2) == H_ &&
          x.size(3) == W_ && !x.is_neg() && !x.is_conj();
@@ -397,6 +451,20 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
   const bool nchw = (first.C_in == 1 || x.stride(1) == first.H * first.W) && (first.H == 1 || x.stride(2) == first.W) &&
                     (first.W == 1 || x.stride(3) == 1);
   if (!nchw) tap_offsets(first.C_in, first.kH, first.kW, x.stride(1), x.stride(2), x.stride(3), off0);
+#if TCDCN_HAVE_X86_SIMD
+  // int8 layers on the vnni path (lc_int8.h): each one's input quantised to int16 channels-last rows first, with two
+  // elements of slack after the last face (an odd run of taps reads one past it, against a zero weight).
+  const bool pairs = static_cast<int>(active_isa()) >= static_cast<int>(Isa::vnni) && N <= kPairMaxFaces;
+  int64_t xq_n = 0;
+  for (const Layer& l : layers_)
+    if (pairs && l.pair_weight.defined()) xq_n = std::max(xq_n, N * l.C_in * l.H * l.W + 2);
+  const at::Tensor xq = xq_n > 0 ? at::empty({xq_n}, x.options().dtype(at::kShort)) : at::Tensor();
+  const at::Tensor xs = xq_n > 0 ? at::empty({N}, x.options().dtype(at::kFloat)) : at::Tensor();
+  const bool tiles = static_cast<int>(active_isa()) >= static_cast<int>(Isa::amx) && N >= kTileMinFaces;
+  const at::Tensor x_rows = (xq_n > 0 && first.pair_weight.defined()) || (tiles && first.tile_weight.defined())
+                                ? x.contiguous(at::MemoryFormat::ChannelsLast)
+                                : x;
+#endif
   AT_DISPATCH_FLOATING_TYPES(dtype_, "lc_conv2d_stack", [&] {
     const auto& k = cpu::lc_kernels<scalar_t>();
     const scalar_t* in = x.const_data_ptr<scalar_t>();
@@ -421,15 +489,61 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
           for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep,
                               [&](int64_t l0, int64_t l1) { fn(g, in, wp, bp, dst, l0, l1, ep); });
         };
-        bool half = false;
+        bool launched = false;  // float16 or int8 weights (float32 input): launched here
         if constexpr (std::is_same_v<scalar_t, float>) {
-          if ((half = l.weight.scalar_type() == at::kHalf)) {
+#if TCDCN_HAVE_X86_SIMD
+          if ((launched = tiles && l.tile_weight.defined())) {
+            const float* src = i == 0 ? x_rows.const_data_ptr<float>() : reinterpret_cast<const float*>(in);
+            const LcAmxGeom ga{N, l.H, l.W, l.C_in, i == 0 ? x_rows.stride(0) : l.H * l.W * l.C_in, l.H_out, l.W_out,
+                               l.C_out, l.kH, l.kW, lc_amx_k_pad(l.C_in * l.kH * l.kW)};
+            const uint16_t* tw = reinterpret_cast<const uint16_t*>(l.tile_weight.const_data_ptr<at::BFloat16>());
+            const float* ws = l.scale.const_data_ptr<float>();
+            const float* bf = reinterpret_cast<const float*>(bp);
+            float* df = reinterpret_cast<float*>(dst);
+            for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep, [&](int64_t l0, int64_t l1) {
+              at::Tensor a = at::empty({lc_amx_scratch(ga)}, x.options().dtype(at::kShort));  // 64-byte aligned
+              amx::lc_forward_int8_tiles(ga, src, tw, ws, bf, df, l0, l1, ep,
+                                         reinterpret_cast<uint16_t*>(a.mutable_data_ptr<int16_t>()));
+            });
+          } else if ((launched = pairs && l.pair_weight.defined())) {
+            const float* src = i == 0 ? x_rows.const_data_ptr<float>() : reinterpret_cast<const float*>(in);
+            const int64_t count = l.H * l.W * l.C_in, src_sN = i == 0 ? x_rows.stride(0) : count;
+            const LcPairGeom gp{N, l.H, l.W, l.C_in, l.H_out, l.W_out, l.C_out, int64_t(l.pair_off.size()),
+                                l.pair_off.data()};
+            int16_t* q = xq.mutable_data_ptr<int16_t>();
+            float* s = xs.mutable_data_ptr<float>();
+            at::parallel_for(0, N, grain_for(count), [&](int64_t n0, int64_t n1) {
+              vnni::quantize_rows(src + n0 * src_sN, src_sN, n1 - n0, count, lc_pair_qmax(gp.P), q + n0 * count,
+                                  s + n0);
+            });
+            q[N * count] = q[N * count + 1] = 0;
+            const int8_t* pw = l.pair_weight.const_data_ptr<int8_t>();
+            const float* ws = l.scale.const_data_ptr<float>();
+            const float* bf = reinterpret_cast<const float*>(bp);
+            float* df = reinterpret_cast<float*>(dst);
+            for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep, [&](int64_t l0, int64_t l1) {
+              vnni::lc_forward_pairs(gp, q, s, pw, ws, bf, df, l0, l1, ep);
+            });
+          } else
+#endif
+          if ((launched = l.weight.scalar_type() == at::kChar)) {
+            // (scalar_t is float here; the casts only satisfy the float64 instantiation, where this never runs)
+            const auto& kf = cpu::lc_kernels<float>();
+            const float* inf = reinterpret_cast<const float*>(in);
+            const float* bf = reinterpret_cast<const float*>(bp);
+            float* df = reinterpret_cast<float*>(dst);
+            const int8_t* wq = l.weight.const_data_ptr<int8_t>();
+            const float* ws = l.scale.const_data_ptr<float>();
+            for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep, [&](int64_t l0, int64_t l1) {
+              kf.forward_int8_weight(g, inf, wq, ws, bf, df, l0, l1, ep);
+            });
+          } else if ((launched = l.weight.scalar_type() == at::kHalf)) {
             // at::Half is the binary16 bit pattern in a uint16_t; the kernels take the bits.
             launch(l.shared ? k.conv_forward_half_weight : k.forward_half_weight,
                    reinterpret_cast<const uint16_t*>(l.weight.const_data_ptr<at::Half>()));
           }
         }
-        if (!half) launch(l.shared ? k.conv_forward : k.forward, l.weight.const_data_ptr<scalar_t>());
+        if (!launched) launch(l.shared ? k.conv_forward : k.forward, l.weight.const_data_ptr<scalar_t>());
       }
       in = dst, next = dst + N * l.out_numel();
     }

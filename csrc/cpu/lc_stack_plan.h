@@ -23,8 +23,11 @@ class LcStackPlan {
   // `input` gives the dtype, device and shape [N, C, H, W] the plan serves (only its metadata is read; N is free).
   // Errors name `op` and the layer. Keeps references to the weights (and channels-last copies of biases that are
   // not laid out so already).
+  // scale (empty, or one entry per layer): a locally connected layer may also have an int8 weight (symmetric
+  // quantisation, float32 input), with scale[i] its float32 [H_out, W_out, C_out] scales: weight = q * scale.
   LcStackPlan(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
-              at::IntArrayRef epilogue, const at::Tensor& input, const char* op);
+              at::IntArrayRef epilogue, const at::Tensor& input, const char* op,
+              const std::vector<std::optional<at::Tensor>>& scale = {});
 
   // The same layers, for inputs of x's height and width (x's channels and dtype must be the plan's): every layer
   // must be a spatially shared one, whose prepared weights are reused as they are (no re-layout).
@@ -44,6 +47,15 @@ class LcStackPlan {
     // Locally connected: weight as given, bias undefined or [H_out, W_out, C_out] memory. Shared (a 4-D weight):
     // weight [K, C_pad] and bias [C_pad], as conv_forward reads them (cpu/simd/kernels.h).
     at::Tensor weight, bias;
+    at::Tensor scale;  // int8 weights: float32 [H_out, W_out, C_out] contiguous; else undefined
+    // int8 weights on a host with the vnni path (and C_out a multiple of 16): the weight as the integer kernels read
+    // it ([L, P, C_out, 2], cpu/simd/lc_int8.h) and the pairs' offsets in the int16 channels-last input.
+    at::Tensor pair_weight;
+    std::vector<int64_t> pair_off;
+    // int8 weights on a host with the amx path (C_out a multiple of 16): q as bfloat16 in the tiles' layout
+    // ([L, K_pad / 2, C_out, 2], cpu/simd/lc_amx.h), for batches of at least kTileMinFaces faces.
+    at::Tensor tile_weight;
+    void set_pairs();
     bool shared;
     int epilogue;
     int64_t C_in, H, W, C_out, H_out, W_out, kH, kW;

@@ -57,6 +57,11 @@ struct LcKernels {
   // conv_forward with binary16 weights (T = float only, else null).
   void (*conv_forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out,
                                    int64_t l0, int64_t l1, int epilogue);
+  // forward with symmetric int8 weights q (same layout as w) and a scale per location and output channel, ws:
+  // [L, C_out] contiguous; w[l, k, co] = q[l, k, co] * ws[l, co]. The sum over the taps runs on q widened to T
+  // and is scaled once: out = (sum_k in * q) * ws[l, co] + bias[l, co]. T = float only, else null.
+  void (*forward_int8_weight)(const LcGeom& g, const T* in, const int8_t* w, const T* ws, const T* bias, T* out,
+                              int64_t l0, int64_t l1, int epilogue);
 };
 
 // conv_forward's weight and bias columns: C_out rounded up to a multiple of 16 (every vector width in floats).

@@ -9,102 +9,9 @@
 // Vectors are GCC/Clang vector extensions, so one source serves every width; loads and stores go through
 // __builtin_memcpy (unaligned, no aliasing questions).
 
+#include "cpu/simd/lc_epilogue.h"
+
 namespace {
-
-// Epilogues of the forward: kPlain stores the sum, kAbsTanh stores |tanh(sum)|, kAbsTanhMaxPool stores the 2x2
-// max pooling of |tanh(sum)| (floor mode; NaN propagates as in torch's max_pool2d); kRelu and kReluMaxPool the same
-// with relu. Both activations increase with their argument's key (|x| for |tanh|, x for relu), so the max of a
-// cell's activations is the activation of its largest key: the cell's first location (even row, even column)
-// stores its key, the next two max-accumulate theirs and the last (odd row, odd column) applies the activation
-// once: a quarter of the |tanh|s (whose latency a small layer such as TCDCN's first would otherwise expose), and no
-// zero-filled output. Locations are visited in increasing order for each face and channel, so the four come in
-// that order.
-enum Epilogue : int { kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2, kRelu = 3, kReluMaxPool = 4 };
-// Where a location stands in its pooling cell (pooled epilogues only).
-enum CellPart : int { kCellFirst = 0, kCellInner = 1, kCellLast = 2 };
-
-inline bool pooled(int mode) { return mode == kAbsTanhMaxPool || mode == kReluMaxPool; }
-
-template <typename V>
-inline V relu_vec(V v) {
-  return ((v > 0) | (v != v)) ? v : V{};  // NaN stays NaN, as torch.relu
-}
-
-// The first n lanes of dst (n = W: the whole vector; n < W: a channel tail, with masked loads and stores).
-template <typename T>
-__attribute__((always_inline)) inline void store_out_n(T* dst, typename VT<T>::vec v, int mode, int part, int n) {
-  typedef typename VT<T>::vec vec;
-  const auto load = [&] { return n == VT<T>::W ? vload<T>(dst) : vload_n<T>(dst, n); };
-  const auto store = [&](vec x) {
-    if (n == VT<T>::W)
-      vstore<T>(dst, x);
-    else
-      vstore_n<T>(dst, x, n);
-  };
-  if (mode == kPlain) {
-    store(v);
-    return;
-  }
-  if (mode == kAbsTanh) {
-    store(act_vec(v));
-    return;
-  }
-  if (mode == kRelu) {
-    store(relu_vec(v));
-    return;
-  }
-  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;  // |v| (NaN stays NaN)
-  if (part != kCellFirst) {
-    const vec o = load();
-    v = (o != o) ? o : (((v > o) | (v != v)) ? v : o);
-  }
-  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? act_vec(v) : relu_vec(v);
-  store(v);
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void store_out(T* dst, typename VT<T>::vec v, int mode, int part) {
-  store_out_n<T>(dst, v, mode, part, VT<T>::W);
-}
-
-template <typename T>
-inline void store_out_scalar(T* dst, T v, int mode, int part) {
-  if (mode == kPlain) {
-    *dst = v;
-    return;
-  }
-  if (mode == kAbsTanh) {
-    *dst = abs_tanh_scalar(v);
-    return;
-  }
-  if (mode == kRelu) {
-    *dst = (v > T(0) || v != v) ? v : T(0);
-    return;
-  }
-  if (mode == kAbsTanhMaxPool) v = v < 0 ? -v : v;
-  if (part != kCellFirst) {
-    const T o = *dst;
-    v = (o != o) ? o : ((v > o || v != v) ? v : o);
-  }
-  if (part == kCellLast) v = mode == kAbsTanhMaxPool ? abs_tanh_scalar(v) : ((v > T(0) || v != v) ? v : T(0));
-  *dst = v;
-}
-
-// Output slot of location l: l itself, or its 2x2 pooling cell; dropped_by_pool() tells whether floor-mode pooling
-// drops it, cell_part() where it stands in its cell.
-inline int64_t out_slot(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
-  return pooled(mode) ? ((l / g.W_out) / 2) * (g.W_out / 2) + (l % g.W_out) / 2 : l;
-}
-inline bool dropped_by_pool(const tcdcn::cpu::LcGeom& g, int64_t l, int mode) {
-  return pooled(mode) && ((l / g.W_out) >= 2 * (g.H_out / 2) || (l % g.W_out) >= 2 * (g.W_out / 2));
-}
-inline int cell_part_at(int64_t i, int64_t j) {
-  return (i & 1) ? ((j & 1) ? kCellLast : kCellInner) : ((j & 1) ? kCellInner : kCellFirst);
-}
-inline int cell_part(const tcdcn::cpu::LcGeom& g, int64_t l) { return cell_part_at(l / g.W_out, l % g.W_out); }
-inline int64_t out_slots(const tcdcn::cpu::LcGeom& g, int mode) {
-  return pooled(mode) ? (g.H_out / 2) * (g.W_out / 2) : g.L();
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // lc_conv2d forward. For one output location l the weights w[l] are a [K, C_out] matrix shared by every face,
@@ -124,15 +31,64 @@ inline float wscalar(float w) { return w; }
 inline double wscalar(double w) { return w; }
 inline float wscalar(uint16_t w) { return f16_to_float(w); }
 
+// Symmetric int8 weights (TW = int8_t, T = float): w = q * scale[l, co], scale per location and output channel.
+// q is widened to float on load (sign-extend, then int -> float: exact), the sum over the taps runs on q, and the
+// scale is applied once to the sum (out = sum * scale + bias): a quarter of the bytes of float32 weights for the
+// batch-1 stream, and no rounding of the activations.
+// (vpmovsxbd through its builtin: GCC 12 turns a generic __builtin_convertvector from 8-bit lanes into scalar code.)
+inline typename VT<float>::vec wload(const int8_t* p) {
+#if TCDCN_VEC_BYTES == 64 || TCDCN_VEC_BYTES == 32
+  typedef char i8x16 __attribute__((vector_size(16)));
+  typedef int32_t i32v __attribute__((vector_size(VT<float>::B)));
+  i8x16 b = {};
+  __builtin_memcpy(&b, p, VT<float>::W);  // W bytes: the low lanes
+#if TCDCN_VEC_BYTES == 64
+  const i32v i = __builtin_ia32_pmovsxbd512_mask(b, i32v{}, (unsigned short)0xffff);
+#else
+  const i32v i = __builtin_ia32_pmovsxbd256(b);
+#endif
+  return __builtin_convertvector(i, typename VT<float>::vec);
+#elif TCDCN_VEC_BYTES > 0
+#error "wload(int8_t): no sign extension for this TCDCN_VEC_BYTES"
+#else
+  return vbcast<float>(float(*p));
+#endif
+}
+inline float wscalar(int8_t w) { return float(w); }
+
+// Whether TW carries per-(location, channel) scales (int8 weights).
+template <typename TW>
+constexpr bool scaled_weight() {
+  return sizeof(TW) == 1;
+}
+
+// A location's output before the epilogue: sum (+ bias), or sum * scale + bias for scaled weights. s: the scale
+// vector (scaled weights only); b: the bias vector, or zero.
+template <typename T, typename TW>
+__attribute__((always_inline)) inline typename VT<T>::vec finish_sum(typename VT<T>::vec acc, const T* s,
+                                                                    typename VT<T>::vec b) {
+  if constexpr (scaled_weight<TW>())
+    return acc * vload<T>(s) + b;
+  else
+    return acc + b;
+}
+template <typename T, typename TW>
+inline T finish_sum_scalar(T acc, const T* s, T b) {
+  if constexpr (scaled_weight<TW>())
+    return acc * *s + b;
+  else
+    return acc + b;
+}
+
 template <typename T, typename TW, int R, int V>
-inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl, const T* btile, T* out0,
-                        int64_t out_stride, int mode, int part) {
+inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl, const T* stile,
+                        const T* btile, T* out0, int64_t out_stride, int mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
   vec acc[R][V];
-  for (int v = 0; v < V; ++v) {
-    const vec b = vload<T>(btile + v * W);
+  for (int v = 0; v < V; ++v) {  // scaled weights: the bias comes after the scale
+    const vec b = scaled_weight<TW>() ? vec{} : vload<T>(btile + v * W);
     for (int r = 0; r < R; ++r) acc[r][v] = b;
   }
   const int64_t* off = g.in_off;
@@ -149,7 +105,9 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl
   }
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < V; ++v) {
-      store_out<T>(out0 + r * out_stride + v * W, acc[r][v], mode, part);
+      vec a = acc[r][v];
+      if constexpr (scaled_weight<TW>()) a = finish_sum<T, TW>(a, stile + v * W, vload<T>(btile + v * W));
+      store_out<T>(out0 + r * out_stride + v * W, a, mode, part);
     }
   }
 }
@@ -157,22 +115,23 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl
 // Tiles of up to R faces; the faces left over after the full tiles go as one smaller tile (each tile reads and
 // widens its weights once: eight faces with R = 9 are one tile, not eight).
 template <typename T, typename TW, int R, int V>
-inline void lc_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
-                        T* out0, int64_t out_stride, int64_t n, int mode, int part) {
-  lc_fwd_tile<T, TW, R, V>(g, in + n * g.in_sN + base, wl, btile, out0 + n * out_stride, out_stride, mode, part);
+inline void lc_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* stile,
+                        const T* btile, T* out0, int64_t out_stride, int64_t n, int mode, int part) {
+  lc_fwd_tile<T, TW, R, V>(g, in + n * g.in_sN + base, wl, stile, btile, out0 + n * out_stride, out_stride, mode,
+                           part);
 }
 
 template <typename T, typename TW, int V>
-inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* btile,
-                         T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode, int part) {
+inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* stile,
+                         const T* btile, T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode, int part) {
   constexpr int R = rows_for(V);
   static_assert(R <= 12, "lc_fwd_faces: remainder tiles are dispatched up to 12 rows");
   int64_t n = n0;
-  for (; n + R <= n1; n += R) lc_fwd_rows<T, TW, R, V>(g, in, base, wl, btile, out0, out_stride, n, mode, part);
+  for (; n + R <= n1; n += R) lc_fwd_rows<T, TW, R, V>(g, in, base, wl, stile, btile, out0, out_stride, n, mode, part);
   switch (n1 - n) {  // 0 <= n1 - n < R
 #define TCDCN_REM(r)                                                                                        \
   case r:                                                                                                   \
-    if constexpr (r < R) lc_fwd_rows<T, TW, (r < R ? r : 1), V>(g, in, base, wl, btile, out0, out_stride, n, mode, part); \
+    if constexpr (r < R) lc_fwd_rows<T, TW, (r < R ? r : 1), V>(g, in, base, wl, stile, btile, out0, out_stride, n, mode, part); \
     break;
     TCDCN_REM(1) TCDCN_REM(2) TCDCN_REM(3) TCDCN_REM(4) TCDCN_REM(5) TCDCN_REM(6)
     TCDCN_REM(7) TCDCN_REM(8) TCDCN_REM(9) TCDCN_REM(10) TCDCN_REM(11)
@@ -222,8 +181,8 @@ inline void tree_sum(Vec (*acc)[V]) {
 
 // One location of R faces: rows[r] is face r's window corner, dst[r * dst_stride] its output slot.
 template <typename T, typename TW, int R, int V>
-inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* bl, T* dst,
-                       int64_t dst_stride, int mode, int part) {
+inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* sl, const T* bl,
+                       T* dst, int64_t dst_stride, int mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   constexpr int U = partial_sums_for(R, V);
@@ -263,7 +222,7 @@ inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const 
   for (int r = 0; r < R; ++r) {
     tree_sum<U, V>(acc[r]);
     for (int v = 0; v < V; ++v) {
-      const vec sum = bl ? acc[r][0][v] + vload<T>(bl + v * W) : acc[r][0][v];
+      const vec sum = finish_sum<T, TW>(acc[r][0][v], sl + v * W, bl ? vload<T>(bl + v * W) : vec{});
       store_out<T>(dst + r * dst_stride + v * W, sum, mode, part);
     }
   }
@@ -272,8 +231,8 @@ inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const 
 // Locations [l0, l1) of faces [n0, n0 + R), channels [c0, c0 + V*W). The output row and column are stepped rather
 // than divided out of l (a few integer divisions per location cost as much as a small layer's arithmetic).
 template <typename T, typename TW, int R, int V>
-inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
-                             int64_t n0, int64_t l0, int64_t l1, int64_t c0, int mode) {
+inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias,
+                             T* out, int64_t n0, int64_t l0, int64_t l1, int64_t c0, int mode) {
   const int64_t K = g.K(), C = g.C_out;
   const int64_t out_stride = out_slots(g, mode) * C;
   const bool pool = pooled(mode);
@@ -287,7 +246,8 @@ inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW*
       rows[0] = in_n + i * g.sH * g.in_sH + j * g.sW * g.in_sW;
       for (int r = 1; r < R; ++r) rows[r] = rows[r - 1] + g.in_sN;
       const int64_t slot = pool ? (i / 2) * (g.W_out / 2) + j / 2 : l;
-      lc_fwd_loc<T, TW, R, V>(g, rows, w + l * K * C + c0, bias ? bias + l * C + c0 : nullptr,
+      lc_fwd_loc<T, TW, R, V>(g, rows, w + l * K * C + c0, ws ? ws + l * C + c0 : nullptr,
+                              bias ? bias + l * C + c0 : nullptr,
                               out_n + slot * C + c0, out_stride, mode, cell_part_at(i, j));
     }
     if (++j == g.W_out) {
@@ -299,8 +259,8 @@ inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW*
 
 // The channel vectors of faces [n0, n0 + R) in passes of at most few_faces_max_v(R) vectors.
 template <typename T, typename TW, int R>
-void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t n0,
-                      int64_t l0, int64_t l1, int64_t c_full, int mode) {
+void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias, T* out,
+                      int64_t n0, int64_t l0, int64_t l1, int64_t c_full, int mode) {
   constexpr int W = VT<T>::W;
   constexpr int VMax = few_faces_max_v(R);
   for (int64_t c0 = 0; c0 < c_full;) {
@@ -309,11 +269,11 @@ void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, con
     switch (V) {
 #define TCDCN_V(v)                                                                                      \
   case v:                                                                                               \
-    if constexpr (v <= VMax) lc_fwd_loc_range<T, TW, R, (v <= VMax ? v : 1)>(g, in, w, bias, out, n0, l0, l1, c0, mode); \
+    if constexpr (v <= VMax) lc_fwd_loc_range<T, TW, R, (v <= VMax ? v : 1)>(g, in, w, ws, bias, out, n0, l0, l1, c0, mode); \
     break;
       TCDCN_V(8) TCDCN_V(7) TCDCN_V(6) TCDCN_V(5) TCDCN_V(4) TCDCN_V(3) TCDCN_V(2)
 #undef TCDCN_V
-      default: lc_fwd_loc_range<T, TW, R, 1>(g, in, w, bias, out, n0, l0, l1, c0, mode); break;
+      default: lc_fwd_loc_range<T, TW, R, 1>(g, in, w, ws, bias, out, n0, l0, l1, c0, mode); break;
     }
     c0 += V * W;
   }
@@ -323,16 +283,16 @@ void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, con
 constexpr int64_t kSmallBatch = 3;
 
 template <typename T, typename TW>
-void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out,
-                            int64_t l0, int64_t l1, int mode) {
+void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias,
+                            T* out, int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
   const int64_t c_full = (C / W) * W;
   static_assert(kSmallBatch == 3, "lc_forward_small_batch dispatches 1 to 3 faces");
   switch (g.N) {
-    case 3: lc_fwd_few_faces<T, TW, 3>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
-    case 2: lc_fwd_few_faces<T, TW, 2>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
-    case 1: lc_fwd_few_faces<T, TW, 1>(g, in, w, bias, out, 0, l0, l1, c_full, mode); break;
+    case 3: lc_fwd_few_faces<T, TW, 3>(g, in, w, ws, bias, out, 0, l0, l1, c_full, mode); break;
+    case 2: lc_fwd_few_faces<T, TW, 2>(g, in, w, ws, bias, out, 0, l0, l1, c_full, mode); break;
+    case 1: lc_fwd_few_faces<T, TW, 1>(g, in, w, ws, bias, out, 0, l0, l1, c_full, mode); break;
     default: break;
   }
   for (int64_t n = 0; n < g.N; ++n) {  // channels that do not fill a vector
@@ -343,8 +303,9 @@ void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* 
       const T* row = in_n + g.in_base(l);
       const TW* wl = w + l * K * C;
       for (int64_t co = c_full; co < C; ++co) {
-        T acc = bias ? bias[l * C + co] : T(0);
+        T acc = T(0);
         for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
+        acc = finish_sum_scalar<T, TW>(acc, ws ? ws + l * C + co : nullptr, bias ? bias[l * C + co] : T(0));
         store_out_scalar<T>(out_n + out_slot(g, l, mode) * C + co, acc, mode, cell_part(g, l));
       }
     }
@@ -359,12 +320,12 @@ constexpr int64_t kWeightChunkBytes = 512 * 1024;
 // Loop order: chunks of locations (weights stay in L2) > blocks of faces (their outputs are written as short
 // contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
 template <typename T, typename TW>
-void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
-                int64_t l1, int mode) {
+void lc_forward_scaled(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias, T* out,
+                       int64_t l0, int64_t l1, int mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, N = g.N;
   if (N <= kSmallBatch) {
-    lc_forward_small_batch<T, TW>(g, in, w, bias, out, l0, l1, mode);
+    lc_forward_small_batch<T, TW>(g, in, w, ws, bias, out, l0, l1, mode);
     return;
   }
   const int64_t c_full = (C / W) * W;
@@ -385,26 +346,39 @@ void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* 
           const int64_t nv = (c_full - c0) / W;
           const int V = nv >= 4 ? 4 : int(nv);
           const T* bt = bias ? bias + l * C + c0 : zeros;
+          const T* st = ws ? ws + l * C + c0 : nullptr;
           T* o = out + out_slot(g, l, mode) * C + c0;
           switch (V) {
-            case 4: lc_fwd_faces<T, TW, 4>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
-            case 3: lc_fwd_faces<T, TW, 3>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
-            case 2: lc_fwd_faces<T, TW, 2>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
-            default: lc_fwd_faces<T, TW, 1>(g, in, base, wl + c0, bt, o, out_stride, nb, ne, mode, part); break;
+            case 4: lc_fwd_faces<T, TW, 4>(g, in, base, wl + c0, st, bt, o, out_stride, nb, ne, mode, part); break;
+            case 3: lc_fwd_faces<T, TW, 3>(g, in, base, wl + c0, st, bt, o, out_stride, nb, ne, mode, part); break;
+            case 2: lc_fwd_faces<T, TW, 2>(g, in, base, wl + c0, st, bt, o, out_stride, nb, ne, mode, part); break;
+            default: lc_fwd_faces<T, TW, 1>(g, in, base, wl + c0, st, bt, o, out_stride, nb, ne, mode, part); break;
           }
           c0 += V * W;
         }
         for (int64_t co = c_full; co < C; ++co) {  // channels that do not fill a vector
           for (int64_t n = nb; n < ne; ++n) {
             const T* row = in + n * g.in_sN + base;
-            T acc = bias ? bias[l * C + co] : T(0);
+            T acc = T(0);
             for (int64_t k = 0; k < K; ++k) acc += row[g.in_off[k]] * wscalar(wl[k * C + co]);
+            acc = finish_sum_scalar<T, TW>(acc, ws ? ws + l * C + co : nullptr, bias ? bias[l * C + co] : T(0));
             store_out_scalar<T>(out + n * out_stride + out_slot(g, l, mode) * C + co, acc, mode, part);
           }
         }
       }
     }
   }
+}
+
+// The forward of unscaled (float32, float64, binary16) and of scaled (int8, with [L, C_out] scales) weights.
+template <typename T, typename TW>
+void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
+                int64_t l1, int mode) {
+  lc_forward_scaled<T, TW>(g, in, w, nullptr, bias, out, l0, l1, mode);
+}
+inline void lc_forward_int8(const tcdcn::cpu::LcGeom& g, const float* in, const int8_t* w, const float* ws,
+                            const float* bias, float* out, int64_t l0, int64_t l1, int mode) {
+  lc_forward_scaled<float, int8_t>(g, in, w, ws, bias, out, l0, l1, mode);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -691,7 +665,9 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* wt, T*
 
 const LcKernels<float> lc_kernels_f32 = {&lc_forward<float, float>,     &lc_backward_weight<float>,
                                          &lc_backward_input<float>,    &lc_forward<float, uint16_t>,
-                                         &conv_forward<float, float>,  &conv_forward<float, uint16_t>};
+                                         &conv_forward<float, float>,  &conv_forward<float, uint16_t>,
+                                         &lc_forward_int8};
 const LcKernels<double> lc_kernels_f64 = {&lc_forward<double, double>, &lc_backward_weight<double>,
                                           &lc_backward_input<double>, nullptr,
-                                          &conv_forward<double, double>, nullptr};
+                                          &conv_forward<double, double>, nullptr,
+                                          nullptr};
