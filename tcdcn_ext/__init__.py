@@ -34,16 +34,19 @@ def _check_torch_version() -> None:
 
 _check_torch_version()
 
-from . import ops  # noqa: E402
-from .model import TCDCN, TCDCNConfig, WeightsError, load_model  # noqa: E402
-from .nn import AbsTanh, LocallyConnected2d  # noqa: E402
+from . import _legacy, ops  # noqa: E402
+from .models import TCDCN, TCDCNConfig, WeightsError, load_model  # noqa: E402
+from .ops.nn import AbsTanh, LocallyConnected2d  # noqa: E402
 from .ops import abs_tanh, cpu_isa, lc_conv2d, lc_conv2d_abs_tanh  # noqa: E402
 
 __version__ = "0.1.0"
 
+_legacy.install()  # the flat package's module paths (tcdcn_ext.model, tcdcn_ext.aligner, ...) keep working
+
 # The Aligner and its result types import OpenCV and the detector: loaded on first use, so that `import tcdcn_ext`
 # (the operators alone) needs only torch.
-_LAZY = {"Aligner": "aligner", "Face": "aligner", "Attribute": "aligner", "ImageError": "aligner"}
+_LAZY = {"Aligner": "inference.aligner", "Face": "inference.aligner", "Attribute": "inference.aligner",
+         "ImageError": "inference.aligner"}
 
 
 def __getattr__(name: str):

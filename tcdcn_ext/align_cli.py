@@ -135,9 +135,9 @@ def _write_image(path: Path, bgr: Any) -> None:
 
 
 def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: IO[str]) -> int:
-    from .aligner import ImageError, _to_pixels
-    from .detect import DetectorError
-    from .draw import draw_faces
+    from .inference.aligner import ImageError, _to_pixels
+    from .inference.detector import DetectorError
+    from .inference.draw import draw_faces
 
     failures = 0
     bar = _Progress("images", len(paths), not args.quiet and len(paths) > 1)
@@ -172,8 +172,8 @@ def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: 
 def _run_video(aligner: Any, path: Path, args: argparse.Namespace, out: IO[str], draw_file: Path | None) -> int:
     import cv2
 
-    from .draw import draw_faces
-    from .tracking import FaceTracker
+    from .inference.draw import draw_faces
+    from .inference.tracking import FaceTracker
 
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -221,8 +221,8 @@ def _demo(aligner: Any, args: argparse.Namespace, out: IO[str]) -> int:
 
     import numpy as np
 
-    from .aligner import _from_array
-    from .draw import draw_faces
+    from .inference.aligner import _from_array
+    from .inference.draw import draw_faces
 
     import cv2
 
@@ -242,9 +242,9 @@ def _demo(aligner: Any, args: argparse.Namespace, out: IO[str]) -> int:
 
 def _folder(args: argparse.Namespace) -> int:
     """``--out``: :func:`tcdcn_ext.folder_align.align_folder` over one folder."""
-    from .detect import DetectorError
-    from .folder_align import align_folder
-    from .model import WeightsError
+    from .inference.detector import DetectorError
+    from .inference.folder_align import align_folder
+    from .models import WeightsError
 
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir() or args.draw or args.demo or args.json != "-":
         print("tcdcn-align: --out takes exactly one folder (and no --draw, --demo or --json)", file=sys.stderr)
@@ -271,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("tcdcn-align: give images, folders or videos, or --demo", file=sys.stderr)
         return 2
-    from .aligner import Aligner
-    from .detect import DetectorError
-    from .model import WeightsError
+    from .inference.aligner import Aligner
+    from .inference.detector import DetectorError
+    from .models import WeightsError
 
     if args.out is not None:
         return _folder(args)

@@ -21,7 +21,7 @@ def align_main(argv: Sequence[str] | None = None) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``tcdcn-train``: train a model (see ``tcdcn-train --help``)."""
-    from .train import main as _main
+    from .training.train import main as _main
 
     return _main(argv)
 
@@ -29,7 +29,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def export_main(argv: Sequence[str] | None = None) -> int:
     """``tcdcn-export``: write a model as ONNX (standard operators) and/or a torch.export program (see
     ``tcdcn-export --help``)."""
-    from .export import main as _main
+    from .models.export import main as _main
 
     return _main(argv)
 
@@ -58,10 +58,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from . import data as data_mod
-    from . import evaluate as ev
-    from .model import load_model
-    from .train import default_data_root
+    from .training import data as data_mod
+    from .training import evaluate as ev
+    from .models import load_model
+    from .training.train import default_data_root
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -79,7 +79,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     pred, probs = ev.predict_faceset(model, fs, args.batch_size, progress=not args.quiet,
                                      mirror_average=args.mirror_average)
     if args.averaged:
-        from .averaging import predict_averaged
+        from .inference.averaging import predict_averaged
 
         pred, aprobs = predict_averaged(model, fs.images, fs.boxes, batch_size=args.batch_size, return_probs=True,
                                         progress=not args.quiet)

@@ -87,7 +87,7 @@ def test_inference_engine_opcheck_and_errors():
     torch.library.opcheck(torch.ops.tcdcn_ext.inference_engine.default, (x, model._engine_key, width))
     with torch.inference_mode():
         y = torch.ops.tcdcn_ext.inference_engine(x, model._engine_key, width)
-        torch.testing.assert_close(y, model._forward_stacked(x), rtol=0, atol=0)
+        torch.testing.assert_close(y, model.forward_stacked(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="expects 7"):
         torch.ops.tcdcn_ext.inference_engine(x, model._engine_key, 7)
     key = model._engine_key

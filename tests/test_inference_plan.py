@@ -251,7 +251,7 @@ def test_forward_probabilities(config):
     m = TCDCN(config).eval()
     x = torch.randn(3, 1, config.input_size, config.input_size)
     with torch.inference_mode():
-        got = m._forward_probabilities(x)
+        got = m.forward_probabilities(x)
         out = m(x)
     want = torch.cat([out["landmarks"].flatten(1)] + [out[t].softmax(1) for t in config.aux_tasks], dim=1)
     assert got.shape == want.shape

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tcdcn_ext import model as model_mod
+from tcdcn_ext.models import weights as model_mod
 from tcdcn_ext.model import TCDCN, TCDCNConfig, WeightsError, load_model, save_weights
 from tcdcn_ext.train import TrainConfig, train
 

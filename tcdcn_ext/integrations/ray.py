@@ -41,8 +41,8 @@ class TCDCNPredictor:
                  min_score: float = 0.5, calibrate: bool = True, threads: int = 1) -> None:
         import torch
 
-        from ..aligner import Aligner
-        from ..folder_align import arrow_schema
+        from ..inference.aligner import Aligner
+        from ..inference.folder_align import arrow_schema
 
         torch.set_num_threads(int(threads))
         self.aligner = Aligner(points=points, model=model, averaged=averaged, detector=detector,
@@ -53,8 +53,8 @@ class TCDCNPredictor:
     def __call__(self, batch: Mapping[str, Any]) -> Any:
         import pyarrow as pa
 
-        from ..aligner import ImageError, load_image
-        from ..folder_align import error_row, face_columns
+        from ..inference.aligner import ImageError, load_image
+        from ..inference.folder_align import error_row, face_columns
 
         if hasattr(batch, "column_names"):  # batch_format="pyarrow"
             batch = {name: batch.column(name).to_pylist() for name in batch.column_names}
@@ -92,7 +92,7 @@ class TCDCNPredictor:
         if kind == "bytes":
             import cv2
 
-            from ..aligner import ImageError
+            from ..inference.aligner import ImageError
 
             bgr = cv2.imdecode(np.frombuffer(bytes(src), np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:

@@ -58,9 +58,11 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from . import _C
+from .. import _C
+from .epilogue import Epilogue
 
 __all__ = [
+    "Epilogue",
     "LC_EPILOGUES",
     "abs_tanh",
     "conv3x3_stride2_relu",
@@ -224,8 +226,8 @@ def lc_conv2d_abs_tanh_maxpool2d(
     return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
 
 
-#: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes).
-LC_EPILOGUES = {"none": 0, "abs_tanh": 1, "abs_tanh_maxpool2d": 2, "relu": 3, "relu_maxpool2d": 4}
+#: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes: :class:`Epilogue`).
+LC_EPILOGUES: dict[str, Epilogue] = {e.key: e for e in Epilogue}
 
 
 def lc_conv2d_stack(
@@ -263,7 +265,7 @@ def lc_conv2d_stack(
     if bad:
         raise ValueError(f"lc_conv2d_stack: epilogue must be one of {sorted(LC_EPILOGUES)}, got {bad[0]!r}")
     _refuse_grad("lc_conv2d_stack", "the per-layer ops (lc_conv2d, abs_tanh, max_pool2d)", input, *weight, *bias)
-    return _ops.lc_conv2d_stack(input, list(weight), list(bias), [LC_EPILOGUES[e] for e in epilogue])
+    return _ops.lc_conv2d_stack(input, list(weight), list(bias), [int(LC_EPILOGUES[e]) for e in epilogue])
 
 
 def abs_tanh(x: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .ops import as_shift_array
+from ..ops import as_shift_array
 
 __all__ = ["DEFAULT_SHIFTS_20", "DEFAULT_SHIFTS_LOCAL", "default_shifts", "make_shifts", "predict_averaged", "predict_windows_reference", "shift_crops",
            "standardise_by_centre"]
@@ -113,7 +113,7 @@ def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
 
 def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin: int) -> Tensor:
     """Definition 1: crops ``[N, 1, S + 2 margin, S + 2 margin]`` float32 of the faces ``(images[i], boxes[i])``."""
-    from . import data
+    from ..training import data
 
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
         images = [images]
@@ -160,7 +160,7 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     """
     import sys
 
-    from . import data
+    from ..training import data
 
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
         images = [images]

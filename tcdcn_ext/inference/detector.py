@@ -156,7 +156,7 @@ class YuNetDetector:
 
     def __init__(self, max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
                  nms_threshold: float = 0.3, top_k: int = 5000, threads: int | None = 1) -> None:
-        from .yunet import load_yunet
+        from ..models.yunet import load_yunet
 
         if max_side is not None and (not isinstance(max_side, (int, np.integer)) or max_side < 32):
             raise ValueError(f"max_side must be an int >= 32 or None, got {max_side!r}")
@@ -178,7 +178,7 @@ class YuNetDetector:
                 f"nms_threshold={self.nms_threshold:g})")
 
     def _decode(self, heads: list[torch.Tensor], min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from .yunet import decode, nms
+        from ..models.yunet import decode, nms
 
         scores, boxes, points = decode(heads, float(min_score))
         keep = nms(scores, boxes, self.nms_threshold, self.top_k)
@@ -200,7 +200,7 @@ class YuNetDetector:
                         angles: Sequence[float], size: int) -> list[tuple[float, float, Detections | None]]:
         import cv2
 
-        from .yunet import DIVISOR
+        from ..models.yunet import DIVISOR
 
         pad = -(-size // DIVISOR) * DIVISOR
         x = np.zeros((len(squares) * len(angles), pad, pad, 3), np.float32)
@@ -242,7 +242,7 @@ class YuNetDetector:
         zero-padded to multiples of 32, with the x and y factors from image to input pixels."""
         import cv2
 
-        from .yunet import DIVISOR
+        from ..models.yunet import DIVISOR
 
         h, w = rgb.shape[:2]
         scale = self.working_scale(h, w)
@@ -266,7 +266,7 @@ class YuNetDetector:
     @contextlib.contextmanager
     def _team(self) -> Iterator[None]:
         """The calling thread's torch threads set to ``threads`` for the block (other threads keep theirs)."""
-        from . import _C
+        from .. import _C
 
         previous = _C.thread_team_size(self.threads) if self.threads is not None else None
         try:
@@ -362,7 +362,7 @@ def calibrate_boxes(det: Detections, calibration: dict[str, Any] | None = None,
     ``method``: ``"points"`` (needs ``det.points``), ``"linear"``, ``"none"``; default: the calibration's chosen
     method, falling back to ``"linear"`` when the detections carry no points.
     """
-    from . import data
+    from ..training import data
 
     cal = CALIBRATION_5PT if calibration is None else calibration
     method = method or cal["method"]
@@ -462,7 +462,7 @@ def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Call
 def _landmark_error(model, images, boxes, gt) -> np.ndarray:
     import torch
 
-    from . import data, evaluate
+    from ..training import data, evaluate
 
     with torch.inference_mode():
         uv = model.predict(model.preprocess(images, boxes))["landmarks"].numpy()
@@ -487,8 +487,8 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
         A dict in the format of :data:`CALIBRATION_5PT` plus ``"report"``: box edge RMS and held-out landmark
         error/failure for ``none``, ``linear`` and ``points``.
     """
-    from . import data, evaluate
-    from .model import TCDCN, load_model
+    from ..training import data, evaluate
+    from ..models import TCDCN, load_model
 
     fs = data.load_staged(train_dir, progress=progress)
     n = len(fs)

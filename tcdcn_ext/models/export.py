@@ -6,7 +6,7 @@ The three ways to deploy a model (README, "Deploy"):
   mode its forward traces to one ``tcdcn_ext::lc_conv2d_stack`` call (a dispatcher op with a fake kernel), see
   :meth:`tcdcn_ext.model.TCDCN._traced_forward`. Those graphs need this package at run time.
 * :func:`to_onnx` writes a graph of standard ONNX operators only, for runtimes without this package (onnxruntime):
-  :func:`portable_module` rewrites the model's inference graph (:meth:`TCDCN._stack_layers`, the description the
+  :func:`portable_module` rewrites the model's inference graph (:meth:`TCDCN.stack_layers`, the description the
   native inference plan reads too) in plain PyTorch ops, each locally connected layer decomposed into shifted
   slices of the input and one batched matrix product over the output locations (the ``unfold`` + ``einsum`` of
   :func:`tcdcn_ext._reference.lc_conv2d`, written with operators every ONNX runtime has), then exports that with
@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import TCDCN, load_model
+from .layers import Epilogue
+from .tcdcn import TCDCN
+from .weights import load_model
 
 __all__ = ["AveragedPortableTCDCN", "PortableTCDCN", "main", "portable_module", "to_onnx"]
 
@@ -66,16 +68,16 @@ class PortableTCDCN(nn.Module):
 
     def __init__(self, model: TCDCN) -> None:
         super().__init__()
-        layers = model._stack_layers()
+        layers = model.stack_layers()
         if layers is None:
             raise ValueError("portable_module: the model's architecture is not one the export covers (conv layers "
                              "with stride 1 and no padding, each followed by the activation and optionally a 2x2 "
                              "max pooling; |tanh| or ReLU)")
         self.input_size = model.input_size
         self.num_points = model.num_points
-        self.output_names = [name for name, _ in model._heads()]
-        self.head_sizes = [head.out_features for _, head in model._heads()]
-        self.kinds: list[tuple[str, tuple[int, int], tuple[int, int], int]] = []
+        self.output_names = [name for name, _ in model.named_heads()]
+        self.head_sizes = [head.out_features for _, head in model.named_heads()]
+        self.kinds: list[tuple[str, tuple[int, int], tuple[int, int], Epilogue]] = []
         for i, layer in enumerate(layers):
             w = layer.weight.detach().float()
             if layer.shared:
@@ -92,11 +94,11 @@ class PortableTCDCN(nn.Module):
         for i, (kind, kernel, out_size, epilogue) in enumerate(self.kinds):
             w, b = getattr(self, f"weight{i}"), getattr(self, f"bias{i}")
             h = F.conv2d(h, w, b) if kind == "conv" else _lc_matmul(h, w, b, kernel, out_size)
-            if epilogue in (1, 2):  # the codes of ops.LC_EPILOGUES
+            if epilogue.activation == "abs_tanh":
                 h = torch.tanh(h).abs()
-            elif epilogue in (3, 4):
+            elif epilogue.activation == "relu":
                 h = torch.relu(h)
-            if epilogue in (2, 4):
+            if epilogue.pooled:
                 h = F.max_pool2d(h, 2)
         parts = list(h.flatten(1).split(self.head_sizes, dim=1))
         parts[0] = parts[0].unflatten(1, (self.num_points, 2))
@@ -114,7 +116,7 @@ class AveragedPortableTCDCN(nn.Module):
 
     def __init__(self, model: TCDCN, shifts, margin: int | None = None) -> None:
         super().__init__()
-        from .ops import as_shift_array
+        from ..ops import as_shift_array
 
         self.net = PortableTCDCN(model)
         self.output_names = self.net.output_names
@@ -214,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.onnx:
         shifts = None
         if args.averaged:
-            from .averaging import default_shifts
+            from ..inference.averaging import default_shifts
 
             shifts = default_shifts(model)
         try:
@@ -234,7 +236,7 @@ def check_onnx(model: TCDCN, path: str | os.PathLike, shifts=None, batch: int = 
     model's (plain forward, or :meth:`TCDCN.predict_shift_average`) on random standardised inputs."""
     import onnxruntime as ort
 
-    from .ops import as_shift_array
+    from ..ops import as_shift_array
 
     s = model.input_size
     m = 0 if shifts is None else int(abs(as_shift_array(shifts)).max())

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write, fsync_dir
+from ..util.files import atomic_write, fsync_dir
 
 __all__ = ["COLUMNS", "FolderStats", "align_folder", "arrow_schema", "error_row", "face_columns", "list_images"]
 

@@ -53,10 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from . import data as data_mod
-from .checkpoint import atomic_torch_save, atomic_write_text, load_tensors
+from ..util.files import atomic_torch_save, atomic_write_text, load_tensors
 from .distributed import World, all_reduce_sums, init_from_env, local_share
 from .early_stopping import TaskwiseEarlyStopping, check_ranks_agree
-from .model import AUX_TASKS_5PT, TCDCN, TCDCNConfig, save_weights
+from ..models import AUX_TASKS_5PT, TCDCN, TCDCNConfig, save_weights
 
 __all__ = ["TrainConfig", "main", "train"]
 
@@ -68,7 +68,7 @@ def default_data_root() -> Path:
     env = os.environ.get("TCDCN_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @dataclass
@@ -463,7 +463,7 @@ def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_di
     the same training/validation split as :func:`train` (``seed``, ``val_fraction``); returns validation accuracy
     before and after.
     """
-    from .model import load_model
+    from ..models import load_model
 
     model = load_model(weights)
     train_dir = Path(train_dir) if train_dir else default_data_root() / "mtfl/train"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .aligner import Aligner, Color, Face, ImageLike, _describe, _to_pixels, box_from_landmarks
-from .detect import _iou
+from .detector import _iou
 
 __all__ = ["FaceTracker", "OneEuroFilter", "box_from_landmarks", "measure_tracking", "synthetic_moving_video"]
 

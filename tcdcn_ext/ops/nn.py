@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from .. import ops
 
 __all__ = ["AbsTanh", "LocallyConnected2d"]
 

@@ -49,11 +49,12 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from . import data, ops
+from ..training import data
+from .. import ops
 from .averaging import default_shifts, standardise_by_centre
-from .detect import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
+from .detector import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
                      calibrate_boxes, resolve_detector, rotation_about)
-from .model import TCDCN, WeightsError, load_model
+from ..models import TCDCN, WeightsError, load_model
 
 __all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
 
@@ -920,7 +921,7 @@ class Aligner:
     def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass: box-frame landmarks ``[N, P, 2]`` and softmax probabilities per task."""
         with torch.inference_mode():
-            y = self.model._forward_probabilities(x.to(self.device))  # [N, D]: one transfer
+            y = self.model.forward_probabilities(x.to(self.device))  # [N, D]: one transfer
         if y.dtype != torch.float32 or y.device.type != "cpu":
             y = y.float().cpu()
         y = y.numpy()

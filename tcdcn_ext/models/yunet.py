@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 __all__ = ["YUNET_LAYERS", "Block", "YuNet", "decode", "load_yunet", "nms"]
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "yunet.pt"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "yunet.pt"
 
 #: The strides of the three output levels.
 STRIDES = (8, 16, 32)
@@ -112,7 +112,8 @@ class YuNet(nn.Module):
             raise TypeError(f"YuNet input must be floating point (BGR values 0..255), got {x.dtype}")
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        from . import _reference, ops
+        from ..ops import _reference
+        from .. import ops
 
         self.check_input(x)
         return self._run(x, ops if ops.dw_separable_supported(x, self.stem_weight) else _reference)
@@ -120,7 +121,7 @@ class YuNet(nn.Module):
     def forward_reference(self, x: Tensor) -> list[Tensor]:
         """The same network on the ops' pure-PyTorch twins (``torch.nn.functional`` convolutions): the oracle of the
         native path."""
-        from . import _reference
+        from ..ops import _reference
 
         self.check_input(x)
         return self._run(x, _reference)
@@ -147,8 +148,8 @@ class YuNet(nn.Module):
 
 def load_yunet(path: str | Path | None = None) -> YuNet:
     """The shipped YuNet (sha256-checked against ``yunet.json``, read with ``weights_only=True``), eval mode."""
-    from .checkpoint import UnsafeFileError, load_tensors
-    from .model import WeightsError, checked_record
+    from ..util.files import UnsafeFileError, load_tensors
+    from .weights import WeightsError, checked_record
 
     path = WEIGHTS if path is None else Path(path)
     if not path.is_file():
