@@ -45,8 +45,8 @@ _legacy.install()  # the flat package's module paths (tcdcn_ext.model, tcdcn_ext
 
 # The Aligner and its result types import OpenCV and the detector: loaded on first use, so that `import tcdcn_ext`
 # (the operators alone) needs only torch.
-_LAZY = {"Aligner": "inference.aligner", "Face": "inference.aligner", "Attribute": "inference.aligner",
-         "ImageError": "inference.aligner"}
+_LAZY = {"Aligner": "inference.aligner", "Face": "inference.results", "Attribute": "inference.results",
+         "ImageError": "inference.images"}
 
 
 def __getattr__(name: str):

@@ -135,7 +135,7 @@ def _write_image(path: Path, bgr: Any) -> None:
 
 
 def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: IO[str]) -> int:
-    from .inference.aligner import ImageError, _to_pixels
+    from .inference.images import ImageError, to_pixels
     from .inference.detector import DetectorError
     from .inference.draw import draw_faces
 
@@ -146,14 +146,13 @@ def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: 
         good, pixels = [], []
         for p in chunk:
             try:
-                pixels.append(_to_pixels(p, "rgb", str(p)))
+                pixels.append(to_pixels(p, "rgb", str(p)))
                 good.append(p)
             except ImageError as exc:
                 failures += 1
                 _line(out, str(p), None, error=str(exc))
         try:
-            jobs = aligner._jobs_for(pixels, None, [str(p) for p in good])
-            results = aligner._run(jobs)
+            results = aligner.align_pixels(pixels, None, [str(p) for p in good])
         except (DetectorError, ValueError) as exc:
             for p in good:
                 _line(out, str(p), None, error=str(exc))
@@ -221,14 +220,14 @@ def _demo(aligner: Any, args: argparse.Namespace, out: IO[str]) -> int:
 
     import numpy as np
 
-    from .inference.aligner import _from_array
+    from .inference.images import from_array
     from .inference.draw import draw_faces
 
     import cv2
 
     blob = (importlib.resources.files("tcdcn_ext") / "assets" / "astronaut.jpg").read_bytes()
     bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-    faces = aligner._run(aligner._jobs_for([_from_array(bgr, "bgr", "astronaut.jpg")], None, ["astronaut.jpg"]))[0]
+    faces = aligner.align_pixels([from_array(bgr, "bgr", "astronaut.jpg")], None, ["astronaut.jpg"])[0]
     target = Path(args.draw) if args.draw else Path.cwd() / DEMO_OUTPUT
     if target.is_dir():
         target = target / DEMO_OUTPUT

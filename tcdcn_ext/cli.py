@@ -58,7 +58,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from .training import data as data_mod
+    from .training.datasets import load_staged
     from .training import evaluate as ev
     from .models import load_model
     from .training.train import default_data_root
@@ -70,7 +70,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         model.set_inference_weights(args.inference_weights)
     split = Path(args.data) if args.data else default_data_root() / (
         "mtfl/test" if model.num_points == 5 else "300w/test_common")
-    fs = data_mod.load_staged(split, progress=not args.quiet)
+    fs = load_staged(split, progress=not args.quiet)
     if fs.num_points != model.num_points:
         raise SystemExit(f"tcdcn-eval: {split} has {fs.num_points}-point annotations but the model predicts "
                          f"{model.num_points}")

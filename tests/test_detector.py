@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcdcn_ext.detect import Detections, YuNetDetector, _iou, resolve_detector
+from tcdcn_ext.detect import Detections, YuNetDetector, resolve_detector
+from tcdcn_ext.inference.boxes import box_iou
 from tcdcn_ext.model import WeightsError
 from tcdcn_ext.yunet import load_yunet, nms
 
@@ -55,7 +56,7 @@ def _oracle_compare(files: list[Path], max_side: int | None) -> tuple[int, float
         faces = np.zeros((0, 15), np.float32) if faces is None else faces
         det = ours(rgb, 0.5)
         cb = np.c_[faces[:, :2], faces[:, :2] + faces[:, 2:4]]
-        iou = _iou(cb, det.boxes) if len(cb) and len(det) else np.zeros((len(cb), len(det)))
+        iou = box_iou(cb, det.boxes) if len(cb) and len(det) else np.zeros((len(cb), len(det)))
         for i in range(len(cb)):
             j = int(np.argmax(iou[i])) if len(det) else -1
             if j < 0 or iou[i, j] < 0.5:
@@ -108,7 +109,7 @@ def test_working_resolution_maps_back_to_full_resolution():
     full = YuNetDetector(max_side=None)(frame)
     small = YuNetDetector(max_side=320)(frame)
     assert len(full) == len(small) == 1
-    assert _iou(full.boxes, small.boxes)[0, 0] > 0.85
+    assert box_iou(full.boxes, small.boxes)[0, 0] > 0.85
     eye_dist = np.linalg.norm(full.points[0, 1] - full.points[0, 0])
     assert np.abs(full.points - small.points).max() < 0.1 * eye_dist
 

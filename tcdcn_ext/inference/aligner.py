@@ -2,7 +2,7 @@
 
 ::
 
-    from tcdcn_ext.aligner import Aligner
+    from tcdcn_ext import Aligner
     aligner = Aligner()                            # shipped 5-point model, CPU, the bundled YuNet face detector
     faces = aligner("photo.jpg")                   # list[Face]
     faces = aligner(bgr_array, color="bgr")        # OpenCV images: say so, the colour order is never guessed
@@ -10,19 +10,10 @@
     per_image = aligner.align_batch([img1, img2])  # all faces of all images in one forward pass
 
 Coordinates are image pixels, 0-based, pixel centres (the centre of the top-left pixel is ``(0, 0)``), the
-convention of :mod:`tcdcn_ext.data` and of OpenCV. Boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
+convention of :mod:`tcdcn_ext.inference.boxes` and of OpenCV. Boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
 
-Inputs (``image``):
-
-* a path (``str`` / ``os.PathLike``) to an image file OpenCV can decode, 8 bits per channel. The EXIF orientation
-  is applied (as ``cv2.imread`` and image viewers do), so coordinates refer to the image as it is displayed;
-* a numpy ``uint8`` array ``[H, W]`` (grey), ``[H, W, 1]``, ``[H, W, 3]`` (``color="rgb"`` or ``"bgr"``) or
-  ``[H, W, 4]`` (``color="rgba"`` or ``"bgra"``; alpha is ignored);
-* a PIL image (duck-typed, PIL is not required): its mode says what it holds, ``color`` is not used;
-* a torch tensor, **channels first** (torchvision's convention): ``[C, H, W]`` with ``C`` in 1, 3, 4 or ``[H, W]``,
-  ``uint8`` (0-255) or floating point in ``[0, 1]``; ``color`` gives the channel order as for arrays. A tensor
-  whose first and last dimensions could both be the channels (e.g. ``[3, H, 3]``) is rejected as ambiguous, one
-  that looks channels-last is rejected with a hint, NaN/inf or out-of-range floats are rejected.
+Inputs (``image``): paths, numpy arrays, torch tensors (channels first) and PIL images, as
+:mod:`tcdcn_ext.inference.images` describes.
 
 Anything else, an unreadable or truncated file, a directory, an empty or 16-bit image, or a ``color`` that does not
 fit the array raises :class:`ImageError` (a ``ValueError``) naming the input. An image without faces gives ``[]``.
@@ -38,464 +29,31 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ..training import data
 from .. import ops
-from .averaging import default_shifts, standardise_by_centre
-from .detector import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
-                     calibrate_boxes, resolve_detector, rotation_about)
 from ..models import TCDCN, WeightsError, load_model
-
-__all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "load_image"]
-
-Color = Literal["rgb", "bgr", "rgba", "bgra"]
-ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor, Any]
-
-_COLORS = ("rgb", "bgr", "rgba", "bgra")
-
-#: Class names of the auxiliary tasks, in the model's class order (the staged data's 0-based codes).
-ATTRIBUTE_LABELS: dict[str, tuple[str, ...]] = {
-    "pose": tuple(data.POSE_NAMES),
-    "gender": ("male", "female"),
-    "glasses": ("no_glasses", "glasses"),
-    "smile": ("not_smiling", "smiling"),
-}
-
-
-#: Smallest accepted image side: a face needs more pixels than this.
-MIN_SIDE = 8
-
-
-class ImageError(ValueError):
-    """An input image cannot be used; the message names the input and the problem."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One auxiliary task's answer: the most likely ``label``, its ``probability`` and every class's probability."""
-
-    label: str
-    probability: float
-    probabilities: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "probability": self.probability, "probabilities": dict(self.probabilities)}
-
-
-@dataclass(frozen=True, eq=False)
-class Face:
-    """A face: ``box`` ``(x0, y0, x1, y1)`` (the detector's box, or the box you gave), detector ``score`` in
-    ``[0, 1]`` (1.0 for given boxes), ``landmarks`` float32 ``[P, 2]`` image pixels (read-only; 5-point order:
-    :data:`tcdcn_ext.data.LANDMARK_NAMES_5`) and ``attributes`` (pose, gender, glasses, smile; ``{}`` when the model
-    has no auxiliary heads; for an Aligner's faces built on first read, so that a batch whose attributes are not
-    looked at does not pay for them). Equality compares all fields (landmarks exactly)."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-    attributes: dict[str, Attribute] = field(default_factory=dict)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Face):
-            return NotImplemented
-        return (self.box == other.box and self.score == other.score and self.attributes == other.attributes
-                and np.array_equal(self.landmarks, other.landmarks))
-
-    __hash__ = None  # type: ignore[assignment]  (holds an array)
-
-    def __getattr__(self, name: str) -> Any:
-        # Reached only for names missing from the instance: ``attributes`` of a Face made by an Aligner call is
-        # built on first read, from the call's probability arrays (see _AttributeTable).
-        if name == "attributes":
-            source = self.__dict__.get("_attribute_source")
-            if source is not None:
-                table, index = source
-                value = self.__dict__.setdefault("attributes", table.attributes(index))
-                self.__dict__.pop("_attribute_source", None)
-                return value
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        # pickle / copy see the four fields, never the lazy source (which holds the whole call's probabilities)
-        return {"box": self.box, "score": self.score, "landmarks": self.landmarks, "attributes": self.attributes}
-
-    @classmethod
-    def _from_call(cls, box: tuple[float, float, float, float], score: float, landmarks: np.ndarray,
-                   table: "_AttributeTable", index: int) -> "Face":
-        """The Aligner's constructor: fields set directly (the frozen dataclass ``__init__`` costs ~1.5 us a face)
-        and ``attributes`` left to be built from ``table`` row ``index`` when first read."""
-        face = object.__new__(cls)
-        face.__dict__.update(box=box, score=score, landmarks=landmarks, _attribute_source=(table, index))
-        return face
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able: plain floats and lists."""
-        return {
-            "box": [float(v) for v in self.box],
-            "score": float(self.score),
-            "landmarks": [[float(x), float(y)] for x, y in self.landmarks.tolist()],
-            "attributes": {k: a.to_dict() for k, a in self.attributes.items()},
-        }
-
-
-class _AttributeTable:
-    """The class probabilities ``{task: [F, C]}`` of one Aligner call, turned into :class:`Attribute` objects only
-    for the faces whose ``attributes`` are read: building all of them (four frozen dataclasses and dicts per face)
-    took ~6 us a face, a third of the batched forward pass."""
-
-    __slots__ = ("tasks",)
-
-    def __init__(self, probs: dict[str, np.ndarray]) -> None:
-        tasks = []
-        for t, p in probs.items():
-            names = ATTRIBUTE_LABELS.get(t)
-            if names is None or len(names) != p.shape[1]:
-                names = tuple(str(i) for i in range(p.shape[1]))
-            tasks.append((t, names, p))
-        self.tasks = tuple(tasks)
-
-    def attributes(self, index: int) -> dict[str, Attribute]:
-        out = {}
-        for t, names, p in self.tasks:
-            row = p[index].astype(np.float64).tolist()  # plain Python floats
-            j = int(p[index].argmax())
-            out[t] = Attribute(label=names[j], probability=row[j], probabilities=dict(zip(names, row)))
-        return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Images
-
-
-class _Pixels:
-    """A validated 8-bit image without copies: ``array`` uint8 ``[H, W]`` or ``[H, W, C>=3]`` (alpha ignored) and
-    its channel ``order``: ``"grey"``, ``"rgb"`` or ``"bgr"``."""
-
-    __slots__ = ("array", "order")
-
-    def __init__(self, array: np.ndarray, order: str) -> None:
-        self.array, self.order = array, order
-
-    @property
-    def height(self) -> int:
-        return self.array.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.array.shape[1]
-
-    def rgb(self) -> np.ndarray:
-        """The full image as contiguous uint8 RGB ``[H, W, 3]``."""
-        import cv2
-
-        a = self.array
-        if self.order == "grey":
-            return cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_GRAY2RGB)
-        a = np.ascontiguousarray(a[:, :, :3])
-        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB) if self.order == "bgr" else a
-
-    def grey_region(self, x0: int, y0: int, x1: int, y1: int, scale: float = 1.0) -> np.ndarray:
-        """float32 grey ``[h, w]`` of rows ``y0:y1``, columns ``x0:x1`` (inside the image), shrunk by ``scale``
-        (``INTER_AREA``, on the 8-bit pixels) when ``scale < 1``; ITU-R 601 weights as :func:`tcdcn_ext.data.grey`.
-
-        The grey conversion is done on 8-bit pixels (OpenCV's fixed point, rounded to integer levels) rather than
-        in float: it is several times faster, and the rounding (<= 0.5 grey level) is far below JPEG noise.
-        """
-        import cv2
-
-        a = self.array[y0:y1, x0:x1]
-        if self.order != "grey":
-            a = a[:, :, :3]
-        if a.strides[-1] != a.itemsize or (a.ndim == 3 and a.strides[1] != a.shape[2] * a.itemsize):
-            a = np.ascontiguousarray(a)  # OpenCV takes row-strided views, but not strided pixels/channels
-        if scale < 1.0:
-            w, h = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
-            a = cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
-        if self.order != "grey":
-            a = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY if self.order == "bgr" else cv2.COLOR_RGB2GRAY)
-        return a.astype(np.float32)
-
-
-def _describe(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return repr(os.fspath(image))
-    if isinstance(image, np.ndarray):
-        return f"numpy array {image.dtype}{list(image.shape)}"
-    if isinstance(image, torch.Tensor):
-        return f"tensor {str(image.dtype).replace('torch.', '')}{list(image.shape)}"
-    return f"{type(image).__name__} object"
-
-
-class _Label:
-    """The name of an input in error messages, built only when a message is (``str(dtype)`` and friends cost
-    ~10 us per image, as much as sampling the face)."""
-
-    __slots__ = ("image", "index")
-
-    def __init__(self, image: Any, index: int | None = None) -> None:
-        self.image, self.index = image, index
-
-    def __str__(self) -> str:
-        d = _describe(self.image)
-        return d if self.index is None else f"images[{self.index}] ({d})"
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def _check_color(color: str) -> None:
-    if color not in _COLORS:
-        raise ImageError(f"color must be one of {_COLORS}, got {color!r}")
-
-
-def _from_array(a: np.ndarray, color: str, name: "str | _Label") -> _Pixels:
-    if a.dtype != np.uint8:
-        if a.dtype in (np.uint16, np.int16):
-            raise ImageError(f"{name}: 16-bit images are not supported; convert to 8 bits per channel (uint8)")
-        raise ImageError(f"{name}: expected a uint8 image, got dtype {a.dtype} (floats: (x * 255).round()"
-                         ".astype(np.uint8) for values in [0, 1])")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        pix = _Pixels(a, "grey")
-    elif a.ndim == 3 and a.shape[2] in (3, 4):
-        c = a.shape[2]
-        if c == 3 and color not in ("rgb", "bgr"):
-            raise ImageError(f"{name}: a 3-channel image needs color='rgb' or 'bgr', got color={color!r}")
-        if c == 4 and color not in ("rgba", "bgra"):
-            raise ImageError(f"{name}: a 4-channel image needs color='rgba' or 'bgra' (alpha is ignored), "
-                             f"got color={color!r}")
-        pix = _Pixels(a, color[:3])
-    else:
-        raise ImageError(f"{name}: expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape "
-                         f"{list(a.shape)}")
-    if min(a.shape[0], a.shape[1]) < MIN_SIDE:
-        what = "empty" if a.size == 0 else "too small"
-        raise ImageError(f"{name}: image is {what} ({a.shape[1]}x{a.shape[0]} pixels; at least "
-                         f"{MIN_SIDE}x{MIN_SIDE} needed)")
-    return pix
-
-
-def _from_tensor(t: torch.Tensor, color: str, name: "str | _Label") -> _Pixels:
-    t = t.detach()
-    if t.dim() == 3:
-        first, last = t.shape[0], t.shape[2]
-        if first in (1, 3, 4) and last in (1, 3, 4):
-            raise ImageError(f"{name}: ambiguous tensor shape {list(t.shape)}: the channels could be first or last; "
-                             "tensors must be [C, H, W]")
-        if first not in (1, 3, 4):
-            hint = " (it looks channels-last: pass t.permute(2, 0, 1))" if last in (1, 3, 4) else ""
-            raise ImageError(f"{name}: tensors must be [C, H, W] with C in 1, 3, 4 or [H, W], got shape "
-                             f"{list(t.shape)}{hint}")
-    elif t.dim() != 2:
-        raise ImageError(f"{name}: tensors must be [C, H, W] or [H, W], got shape {list(t.shape)}")
-    if t.dtype == torch.uint8:
-        a = t.cpu().numpy()
-    elif t.is_floating_point():
-        f = t.float().cpu()
-        if not bool(torch.isfinite(f).all()):
-            raise ImageError(f"{name}: tensor holds NaN or infinite values")
-        lo, hi = (float(f.min()), float(f.max())) if f.numel() else (0.0, 0.0)
-        if lo < 0.0 or hi > 1.0:
-            raise ImageError(f"{name}: float tensors must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] "
-                             "(uint8 tensors hold 0-255)")
-        a = (f * 255.0).round_().to(torch.uint8).numpy()
-    else:
-        raise ImageError(f"{name}: tensor dtype must be uint8 or floating point in [0, 1], got {t.dtype}")
-    if a.ndim == 3:
-        a = a.transpose(1, 2, 0)  # a view: [H, W, C]
-    return _from_array(a, color, name)
-
-
-def _from_pil(img: Any, name: "str | _Label") -> _Pixels:
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        raise ImageError(f"{name}: PIL mode {mode!r} (16/32-bit) is not supported; convert to 8 bits ('L' or 'RGB')")
-    if mode not in ("L", "RGB", "RGBA"):
-        img, mode = img.convert("RGB"), "RGB"
-    a = np.asarray(img)
-    return _from_array(a, {"L": "rgb", "RGB": "rgb", "RGBA": "rgba"}[mode], name)
-
-
-def _from_file(path: Path, name: "str | _Label") -> _Pixels:
-    import cv2
-
-    if path.is_dir():
-        raise ImageError(f"{name}: is a directory, not an image file")
-    if not path.exists():
-        raise ImageError(f"{name}: no such file")
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"{name}: cannot be read ({exc})") from exc
-    if buf.size == 0:
-        raise ImageError(f"{name}: empty file (0 bytes)")
-    # IMREAD_COLOR applies the EXIF orientation; ANYDEPTH keeps 16-bit files 16-bit so they can be refused rather
-    # than silently truncated.
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV's limit (a decompression bomb)
-        raise ImageError(f"{name}: cannot be decoded ({str(exc).strip().splitlines()[-1]})") from exc
-    if img is None:
-        raise ImageError(f"{name}: not a decodable image, or the file is truncated/corrupt")
-    if img.dtype != np.uint8:
-        raise ImageError(f"{name}: {img.dtype.itemsize * 8}-bit images are not supported; "
-                         "convert to 8 bits per channel")
-    return _from_array(img, "bgr", name)
-
-
-def _to_pixels(image: ImageLike, color: str, name: "str | _Label | None" = None) -> _Pixels:
-    _check_color(color)
-    label = name or _Label(image)
-    if isinstance(image, (str, os.PathLike)):
-        return _from_file(Path(image), label)
-    if isinstance(image, np.ndarray):
-        return _from_array(image, color, label)
-    if isinstance(image, torch.Tensor):
-        return _from_tensor(image, color, label)
-    if hasattr(image, "mode") and hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image, duck-typed
-        return _from_pil(image, label)
-    raise ImageError(f"{label}: unsupported image type; pass a path, a numpy uint8 array, a PIL image or a "
-                     "torch tensor")
-
-
-def load_image(image: ImageLike, color: Color = "rgb") -> np.ndarray:
-    """Any accepted input (see the module docstring) -> uint8 RGB ``[H, W, 3]``; :class:`ImageError` if unusable."""
-    return _to_pixels(image, color).rgb()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model inputs
-
-
-#: Face boxes larger than this many input sides are shrunk (``INTER_AREA``) to ``2 S`` before resampling.
-_SHRINK_ABOVE = 3.0
-
-
-def _needs_area_shrink(box: np.ndarray, size: int) -> bool:
-    return max(float(box[2] - box[0]), float(box[3] - box[1])) > _SHRINK_ABOVE * size
-
-
-def _batch_inputs(pairs: list[tuple["_Pixels", np.ndarray]], size: int) -> torch.Tensor:
-    """Standardised inputs ``[F, 1, S, S]`` of every (pixels, box) pair.
-
-    Faces up to ``3 S`` pixels go through the C++ op :func:`tcdcn_ext.ops.face_patches` in one call per channel
-    order (bilinear straight from the uint8 image, as :func:`_face_inputs`); larger ones take :func:`_face_inputs`,
-    which first shrinks them with ``INTER_AREA``. Per face only the image slot is looked up in Python; the box
-    arithmetic is vectorised (this runs for every face of a batch).
-    """
-    if len(pairs) == 1:  # one face (the batch-1 latency path): no grouping, the op called directly
-        pix, b = pairs[0]
-        used = np.asarray(b, np.float64).reshape(1, 4)
-        if not _needs_area_shrink(used[0], size):
-            return _FACE_PATCHES([_image_tensor(pix)], _ZERO_INDEX, torch.from_numpy(used), size,
-                                 1 if pix.order == "bgr" else 0, True)
-    used = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
-    wh = used[:, 2:] - used[:, :2]
-    shrink = (wh.max(axis=1) > _SHRINK_ABOVE * size).tolist()
-    groups: dict[int, tuple[list, dict, list, list]] = {}  # channel order -> (images, id -> slot, slots, faces)
-    prev, slot_of_face, faces, slot = None, [], [], 0
-    for i, (pix, _) in enumerate(pairs):
-        if shrink[i]:
-            continue
-        if pix is not prev:  # the faces of one image are consecutive: one lookup per image
-            prev = pix
-            images, slots, slot_of_face, faces = groups.setdefault(1 if pix.order == "bgr" else 0, ([], {}, [], []))
-            slot = slots.get(id(pix))
-            if slot is None:
-                slot = slots[id(pix)] = len(images)
-                images.append(_image_tensor(pix))
-        slot_of_face.append(slot)
-        faces.append(i)
-    x = None
-    for order, (images, _, slot_of_face, faces) in groups.items():
-        index = torch.from_numpy(np.asarray(slot_of_face, np.int64))
-        if len(faces) == len(pairs):  # every face, in order: the op's output is the batch
-            return ops.face_patches(images, index, torch.from_numpy(used), size, "bgr" if order else "rgb")
-        if x is None:
-            x = torch.empty(len(pairs), 1, size, size)
-        faces_a = np.asarray(faces)
-        x[torch.from_numpy(faces_a)] = ops.face_patches(images, index, torch.from_numpy(used[faces_a]), size,
-                                                        "bgr" if order else "rgb")
-    if x is None:
-        x = torch.empty(len(pairs), 1, size, size)
-    for i, (pix, b) in enumerate(pairs):
-        if shrink[i]:
-            patches = np.zeros((1, size, size), np.float32)
-            _face_inputs(pix, b, patches[0])
-            x[i:i + 1, 0] = _standardise(patches)
-    return x
-
-
-_FACE_PATCHES = torch.ops.tcdcn_ext.face_patches.default  # (the one-face path needs none of ops.face_patches' checks)
-_ZERO_INDEX = torch.zeros(1, dtype=torch.int64)
-
-
-def _image_tensor(pix: "_Pixels") -> torch.Tensor:
-    """The pixels as the uint8 tensor face_patches reads (a view; a copy only for negative strides)."""
-    a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
-    if any(st < 0 for st in a.strides):
-        a = np.ascontiguousarray(a)
-    return torch.from_numpy(a)
-
-
-def _face_inputs(pix: _Pixels, box: np.ndarray, out: np.ndarray) -> None:
-    """Write the input of one face into ``out`` (float32 ``[S, S]``, zeros, C-contiguous; not yet standardised).
-
-    Only the region around the face is read. A face box larger than ``3 S`` pixels is first shrunk with
-    ``INTER_AREA`` to ``2 S``: the training crops had boxes of about ``2 S`` (80 px for ``S = 40``, area-resized from
-    the originals), so this reproduces their sampling instead of aliasing a large face through a bilinear
-    ``S x S`` grid; up to ``3 S`` the bilinear grid alone is used (a bilinear step of <= 3 pixels).
-    """
-    import cv2
-
-    size = out.shape[-1]
-    x0, y0, x1, y1 = (float(v) for v in box)
-    bw, bh = x1 - x0, y1 - y0
-    lo_x, lo_y, hi_x, hi_y = x0, y0, x1, y1
-    side = max(bw, bh)
-    f = 2.0 * size / side if side > _SHRINK_ABOVE * size else 1.0
-    pad = 2.0 / f + 1.0  # room for the bilinear / area kernels at the region's edge
-    rx0, ry0 = max(0, math.floor(lo_x - pad)), max(0, math.floor(lo_y - pad))
-    rx1, ry1 = min(pix.width, math.ceil(hi_x + pad) + 1), min(pix.height, math.ceil(hi_y + pad) + 1)
-    if rx1 <= rx0 or ry1 <= ry0:  # the face lies outside the image: an all-black input
-        return
-    region = pix.grey_region(rx0, ry0, rx1, ry1, f)
-    fx, fy = region.shape[1] / (rx1 - rx0), region.shape[0] / (ry1 - ry0)
-    # Image pixel x -> region pixel (x - rx0 + 0.5) fx - 0.5 -> input pixel (pixel centres on every side; see
-    # data.box_to_input_matrix).
-    sx, sy = size / (bw * fx), size / (bh * fy)
-    ox, oy = (x0 - rx0 + 0.5) * fx - 0.5, (y0 - ry0 + 0.5) * fy - 0.5
-    m = np.array([[sx, 0.0, -ox * sx - 0.5], [0.0, sy, -oy * sy - 0.5]])
-    cv2.warpAffine(region, m, (size, size), dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                   borderValue=0.0)
-
-
-def _standardise(x: np.ndarray, eps: float = 1e-6) -> torch.Tensor:
-    """Per-patch ``(p - mean) / (std + eps)`` of float32 ``[N, S, S]``, in place, returned as a tensor (as
-    :func:`tcdcn_ext.data.normalise`, which accumulates in float64; float32 here differs by ~1e-6; the sum of squares
-    by ``einsum`` is 6x faster than ``torch.std`` on one thread)."""
-    flat = x.reshape(len(x), -1)
-    flat -= flat.mean(axis=1, keepdims=True)
-    flat /= (np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1]) + eps)[:, None]
-    return torch.from_numpy(x)
-
-
-def _valid_boxes(boxes: Any, name: "str | _Label") -> np.ndarray:
+from .averaging import default_shifts, standardise_by_centre
+from .boxes import from_box_frame, predict_boxes_5pt, scale_boxes
+from .detector import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
+                       calibrate_boxes, resolve_detector, rotation_about)
+from .images import (Color, ImageError, ImageLike, ImageName, Pixels, check_color, describe_image, load_image,
+                     to_pixels)
+from .preprocess import face_inputs
+from .results import ATTRIBUTE_LABELS, Attribute, AttributeTable, Face
+
+# (ImageError, load_image, Attribute and ATTRIBUTE_LABELS: the Aligner's errors, loader and results, importable here)
+__all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "box_from_landmarks", "load_image"]
+
+
+def _valid_boxes(boxes: Any, name: "str | ImageName") -> np.ndarray:
     try:
         b = np.asarray(boxes, np.float64).reshape(-1, 4)
     except (ValueError, TypeError) as exc:
@@ -525,7 +83,7 @@ def _all_valid_boxes(boxes: Sequence[Any]) -> list[np.ndarray] | None:
 class _Job:
     """One image's work inside a call (local to the call: nothing here is shared between threads)."""
 
-    pixels: _Pixels
+    pixels: Pixels
     model_boxes: np.ndarray  # [F, 4] the boxes the model sees
     report_boxes: np.ndarray  # [F, 4] the boxes reported in Face.box
     scores: np.ndarray  # [F]
@@ -584,10 +142,10 @@ def _roll_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """The model's box for a face from its landmarks ``[P, 2]`` -> ``[4]``: the MTFL box model for 5 points
-    (:func:`tcdcn_ext.data.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged convention)."""
+    (:func:`tcdcn_ext.inference.boxes.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged convention)."""
     p = np.asarray(landmarks, np.float64)
     if len(p) == 5:
-        return data.predict_boxes_5pt(p[None])[0]
+        return predict_boxes_5pt(p[None])[0]
     return np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
 
 
@@ -605,7 +163,7 @@ def _invert_affine(m: np.ndarray) -> np.ndarray:
     return np.c_[inv, -inv @ a[:, 2]]
 
 
-def _upright_copy(pix: _Pixels, centre: np.ndarray, side: float, angle: float) -> tuple[_Pixels, np.ndarray]:
+def _upright_copy(pix: Pixels, centre: np.ndarray, side: float, angle: float) -> tuple[Pixels, np.ndarray]:
     """The ``side``-pixel square around ``centre`` rotated by ``angle`` degrees (counter-clockwise as seen) about it,
     at the image's pixel scale (bilinear, black outside the image), and the 2x3 map from image to copy pixels."""
     import cv2
@@ -615,7 +173,7 @@ def _upright_copy(pix: _Pixels, centre: np.ndarray, side: float, angle: float) -
     a = pix.array if pix.order == "grey" else pix.array[:, :, :3]
     warped = cv2.warpAffine(np.ascontiguousarray(a), m, (n, n), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return _Pixels(warped, pix.order), m
+    return Pixels(warped, pix.order), m
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -733,7 +291,7 @@ class Aligner:
 
     def detect(self, image: ImageLike, color: Color = "rgb") -> Detections:
         """The detector's raw output on ``image`` (boxes before calibration)."""
-        return self._detect_pixels(_to_pixels(image, color), _describe(image))
+        return self._detect_pixels(to_pixels(image, color), describe_image(image))
 
     def align_batch(self, images: Iterable[ImageLike], boxes: Sequence[Any] | None = None,
                     color: Color = "rgb") -> list[list[Face]]:
@@ -745,18 +303,23 @@ class Aligner:
         images = list(images)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"align_batch: {len(images)} images but {len(boxes)} box lists")
-        _check_color(color)
+        check_color(color)
         pixels, names = [], []
         for i, image in enumerate(images):
-            names.append(_Label(image, None if len(images) == 1 else i))
-            pixels.append(_to_pixels(image, color, names[-1]))
-        jobs = self._jobs_for(pixels, boxes, names)
-        return self._run(jobs)
+            names.append(ImageName(image, None if len(images) == 1 else i))
+            pixels.append(to_pixels(image, color, names[-1]))
+        return self.align_pixels(pixels, boxes, names)
+
+    def align_pixels(self, pixels: Sequence[Pixels], boxes: Sequence[Any] | None = None,
+                     names: "Sequence[str | ImageName] | None" = None) -> list[list[Face]]:
+        """:meth:`align_batch` on images already checked (:func:`tcdcn_ext.inference.images.to_pixels`): what the
+        CLI and the tracker call. ``names``: how errors name each image (default ``images[i]``)."""
+        return self._run(self._jobs_for(list(pixels), boxes, names))
 
     # -- internals ------------------------------------------------------------------------------------------------
 
-    def _jobs_for(self, pixels: list[_Pixels], boxes: Sequence[Any] | None,
-                  names: "list[str | _Label] | None" = None) -> list[_Job]:
+    def _jobs_for(self, pixels: list[Pixels], boxes: Sequence[Any] | None,
+                  names: "list[str | ImageName] | None" = None) -> list[_Job]:
         """Detect (where no boxes are given) and collect the boxes the model will see, image by image."""
         if boxes is not None and len(boxes) == len(pixels) and all(b is not None for b in boxes):
             given = _all_valid_boxes(boxes)
@@ -773,7 +336,7 @@ class Aligner:
                 jobs.append(_Job(pix, b, b, np.ones(len(b)), image=i))
         return jobs
 
-    def _detected_jobs(self, pix: _Pixels, det: Detections, image: int) -> list[_Job]:
+    def _detected_jobs(self, pix: Pixels, det: Detections, image: int) -> list[_Job]:
         """The jobs of one image's detections: faces read where they are, except with ``search_rotations``: a face
         that YuNet scores below :data:`SEARCH_BELOW` is also looked for in copies of its surroundings rotated by
         :data:`SEARCH_ANGLES`; where a rotated copy scores clearly higher, the face is read from an upright copy,
@@ -807,14 +370,14 @@ class Aligner:
                              image=image, slots=[i], back=_invert_affine(fwd)))
         return jobs
 
-    def _detect_pixels(self, pix: _Pixels, name: "str | _Label") -> Detections:
+    def _detect_pixels(self, pix: Pixels, name: "str | ImageName") -> Detections:
         if self._detect is None:
             raise DetectorError(
                 f"{name}: no face detector is in use (detector={self.detector_name!r}); pass the face boxes with "
                 "aligner.align(image, boxes=[(x0, y0, x1, y1), ...]), or use detector='auto' (the bundled YuNet)")
         return self._detect(pix.rgb(), self.min_score)
 
-    def _predict(self, pairs: list[tuple[_Pixels, np.ndarray]], averaged: bool = False
+    def _predict(self, pairs: list[tuple[Pixels, np.ndarray]], averaged: bool = False
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Landmarks ``[F, P, 2]`` (image pixels) and class probabilities of the faces ``(pixels, box)``: batched
         forward passes of up to ``batch_size`` faces. ``averaged``: each face's crop carries a margin of
@@ -829,7 +392,7 @@ class Aligner:
         given = np.array([b for _, b in pairs], np.float64).reshape(-1, 4)
         seen = given
         if grow != 1.0:
-            seen = data.scale_boxes(given, grow)
+            seen = scale_boxes(given, grow)
             pairs = [(pix, seen[i]) for i, (pix, _) in enumerate(pairs)]
         per = self.batch_size
         chunks = [pairs[i:i + per] for i in range(0, len(pairs), per)]
@@ -837,7 +400,7 @@ class Aligner:
         show = len(chunks) > 4 and bool(self.progress if self.progress is not None else sys.stderr.isatty())
         outs = []
         for c, chunk in enumerate(chunks):
-            x = _batch_inputs(chunk, side)  # [F, 1, side, side]
+            x = face_inputs(chunk, side)  # [F, 1, side, side]
             outs.append(self._forward_averaged(x) if averaged else self._forward(x))
             if show:
                 done = min(len(pairs), (c + 1) * per)
@@ -849,7 +412,7 @@ class Aligner:
             uv = np.concatenate([o[0] for o in outs])
             probs = {t: np.concatenate([o[1][t] for o in outs]) for t in self.attribute_tasks}
         # Plain passes come back in the frame of the box the network saw; averaged ones in the given box's frame.
-        return data.from_box_frame(uv, given if averaged else seen), probs
+        return from_box_frame(uv, given if averaged else seen), probs
 
     def _forward_averaged(self, crop: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """TCDCN-Averaged on standardised crops with a margin: landmarks ``[N, P, 2]`` in the given box's frame and
@@ -871,7 +434,7 @@ class Aligner:
             pts, _ = self._predict(pairs)
             for i in np.flatnonzero(again):
                 try:
-                    pairs[i] = (pairs[i][0], data.predict_boxes_5pt(pts[i:i + 1].astype(np.float64))[0])
+                    pairs[i] = (pairs[i][0], predict_boxes_5pt(pts[i:i + 1].astype(np.float64))[0])
                 except ValueError:  # degenerate landmarks: keep the detector's box
                     pass
         pts, probs = self._predict(pairs, self.averaged)
@@ -888,7 +451,7 @@ class Aligner:
         landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
-        faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(_AttributeTable(probs), n),
+        faces = list(map(Face.with_lazy_attributes, boxes, scores, landmarks, itertools.repeat(AttributeTable(probs), n),
                          range(n)))
         return _group_by_image(jobs, faces)
 

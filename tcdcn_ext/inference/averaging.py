@@ -103,7 +103,7 @@ def default_shifts(model) -> np.ndarray:
 
 def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
     """``(crop - mean) / (std + eps)`` per face, with the statistics of the centred ``size x size`` window of
-    ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.data.normalise` does for a plain input)."""
+    ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.inference.preprocess.normalise` does for a plain input)."""
     m = (crop.shape[-2] - size) // 2, (crop.shape[-1] - size) // 2
     centre = crop[..., m[0]:m[0] + size, m[1]:m[1] + size].double()
     mean = centre.mean(dim=(-2, -1), keepdim=True)
@@ -113,7 +113,8 @@ def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
 
 def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin: int) -> Tensor:
     """Definition 1: crops ``[N, 1, S + 2 margin, S + 2 margin]`` float32 of the faces ``(images[i], boxes[i])``."""
-    from ..training import data
+    from .boxes import scale_boxes
+    from .preprocess import make_inputs
 
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
         images = [images]
@@ -125,8 +126,8 @@ def shift_crops(model, images: Sequence[np.ndarray] | np.ndarray, boxes, margin:
     b = model.input_boxes(boxes)
     if len(images) != len(b):
         raise ValueError(f"shift_crops: {len(images)} images but {len(b)} boxes")
-    big = data.scale_boxes(b, (s + 2 * margin) / s)
-    raw = data.make_inputs(images, big, s + 2 * margin, standardise=False)
+    big = scale_boxes(b, (s + 2 * margin) / s)
+    raw = make_inputs(images, big, s + 2 * margin, standardise=False)
     return standardise_by_centre(torch.from_numpy(raw), s)
 
 
@@ -160,7 +161,7 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     """
     import sys
 
-    from ..training import data
+    from .boxes import from_box_frame
 
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
         images = [images]
@@ -183,7 +184,7 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     if progress:
         print(file=sys.stderr)
     p = model.num_points
-    pts = data.from_box_frame(np.concatenate(uv) if uv else np.zeros((0, p, 2), np.float32), b)
+    pts = from_box_frame(np.concatenate(uv) if uv else np.zeros((0, p, 2), np.float32), b)
     if return_probs:
         return pts, {k: np.concatenate(v) for k, v in probs.items()}
     return pts

@@ -13,8 +13,8 @@ YuNet detection to the annotated box:
 
 * ``"linear"``: a translation- and scale-equivariant linear map of the detector box,
   ``[cx' - cx, cy' - cy, w', h'] = [w, h] @ LINEAR`` (``LINEAR`` is 2x4);
-* ``"points"``: the box predicted from the detector's 5 points with :func:`tcdcn_ext.data.predict_boxes_5pt`
-  and a coefficient matrix refitted on YuNet's points (``POINTS``, 2x3, as :func:`tcdcn_ext.data.fit_box_model`).
+* ``"points"``: the box predicted from the detector's 5 points with :func:`tcdcn_ext.inference.boxes.predict_boxes_5pt`
+  and a coefficient matrix refitted on YuNet's points (``POINTS``, 2x3, as :func:`tcdcn_ext.inference.boxes.fit_box_model`).
 
 and keeps the one whose boxes give the lower landmark error on a held-out part of the training set (the training
 run's own validation faces). The constants below are the output of ``python -m tcdcn_ext.detect --fit ...`` (see
@@ -37,6 +37,8 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
+
+from .boxes import box_iou
 
 __all__ = [
     "CALIBRATION_5PT",
@@ -362,7 +364,7 @@ def calibrate_boxes(det: Detections, calibration: dict[str, Any] | None = None,
     ``method``: ``"points"`` (needs ``det.points``), ``"linear"``, ``"none"``; default: the calibration's chosen
     method, falling back to ``"linear"`` when the detections carry no points.
     """
-    from ..training import data
+    from .boxes import predict_boxes_5pt
 
     cal = CALIBRATION_5PT if calibration is None else calibration
     method = method or cal["method"]
@@ -376,12 +378,12 @@ def calibrate_boxes(det: Detections, calibration: dict[str, Any] | None = None,
         out = _apply_linear(det.boxes, np.asarray(cal["linear"]))
     elif method == "points":
         try:
-            out = data.predict_boxes_5pt(det.points, np.asarray(cal["points"]))
+            out = predict_boxes_5pt(det.points, np.asarray(cal["points"]))
         except ValueError:  # degenerate points (all equal): fall back to the box map, face by face
             out = np.empty((len(det), 4))
             for i in range(len(det)):
                 try:
-                    out[i] = data.predict_boxes_5pt(det.points[i:i + 1], np.asarray(cal["points"]))[0]
+                    out[i] = predict_boxes_5pt(det.points[i:i + 1], np.asarray(cal["points"]))[0]
                 except ValueError:
                     out[i] = _apply_linear(det.boxes[i:i + 1], np.asarray(cal["linear"]))[0]
     else:
@@ -390,7 +392,7 @@ def calibrate_boxes(det: Detections, calibration: dict[str, Any] | None = None,
 
 
 class _PointsAndBoxes:
-    """The two FaceSet attributes :func:`tcdcn_ext.data.fit_box_model` reads (detector points, annotated boxes)."""
+    """The two FaceSet attributes :func:`tcdcn_ext.inference.boxes.fit_box_model` reads (detector points, annotated boxes)."""
 
     def __init__(self, landmarks: np.ndarray, boxes: np.ndarray) -> None:
         self.landmarks, self.boxes = landmarks, boxes
@@ -398,17 +400,6 @@ class _PointsAndBoxes:
 
     def __len__(self) -> int:
         return len(self.boxes)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [N, 4] with b [M, 4] -> [N, M]."""
-    a = np.asarray(a, np.float64)[:, None]
-    b = np.asarray(b, np.float64)[None]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
 
 
 def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Callable[[np.ndarray, float], Detections],
@@ -451,7 +442,7 @@ def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Call
         keep = np.flatnonzero(all_scores[s:e] >= min_score) + s
         if len(keep) == 0:
             continue
-        iou = _iou(boxes[i:i + 1], all_boxes[keep])[0]
+        iou = box_iou(boxes[i:i + 1], all_boxes[keep])[0]
         j = int(np.argmax(iou))
         if iou[j] >= min_iou:
             found[i] = True
@@ -462,12 +453,13 @@ def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Call
 def _landmark_error(model, images, boxes, gt) -> np.ndarray:
     import torch
 
-    from ..training import data, evaluate
+    from ..training import evaluate
+    from .boxes import from_box_frame
 
     with torch.inference_mode():
         uv = model.predict(model.preprocess(images, boxes))["landmarks"].numpy()
     norm = "inter_ocular" if gt.shape[1] == 5 else "outer_corners"
-    return evaluate.landmark_errors(data.from_box_frame(uv, boxes), gt, norm)
+    return evaluate.landmark_errors(from_box_frame(uv, boxes), gt, norm)
 
 
 def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,
@@ -487,10 +479,12 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
         A dict in the format of :data:`CALIBRATION_5PT` plus ``"report"``: box edge RMS and held-out landmark
         error/failure for ``none``, ``linear`` and ``points``.
     """
-    from ..training import data, evaluate
     from ..models import TCDCN, load_model
+    from ..training import evaluate
+    from ..training.datasets import load_staged
+    from .boxes import fit_box_model
 
-    fs = data.load_staged(train_dir, progress=progress)
+    fs = load_staged(train_dir, progress=progress)
     n = len(fs)
     if holdout is None:
         perm = np.random.default_rng(0 + 1_000_003).permutation(n)
@@ -511,7 +505,7 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
                        ann[fit, 2] - ann[fit, 0], ann[fit, 3] - ann[fit, 1]], 1)
     linear, *_ = np.linalg.lstsq(feats * w[:, None], target * w[:, None], rcond=None)
     # (b) the 5-point box model refitted on the detector's points.
-    points, _ = data.fit_box_model(_PointsAndBoxes(dpoints[fit].astype(np.float64), ann[fit]))
+    points, _ = fit_box_model(_PointsAndBoxes(dpoints[fit].astype(np.float64), ann[fit]))
     cal = {"method": "points", "linear": linear.tolist(), "points": points.tolist()}
 
     net = model if isinstance(model, TCDCN) else load_model(model)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .aligner import Face
+    from .results import Face
 
 __all__ = ["draw_faces", "face_tags"]
 

@@ -108,7 +108,7 @@ def _init_worker(aligner_kwargs: dict[str, Any]) -> None:
 
 def _align_chunk(task: tuple[str, list[str]]) -> list[dict[str, Any]]:
     """Decode, detect and align a batch of images (paths relative to ``root``): one row per image."""
-    from .aligner import ImageError, load_image
+    from .images import ImageError, load_image
 
     root, files = task
     aligner = _ALIGNER

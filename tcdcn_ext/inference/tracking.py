@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .aligner import Aligner, Color, Face, ImageLike, _describe, _to_pixels, box_from_landmarks
-from .detector import _iou
+from .aligner import Aligner, box_from_landmarks
+from .boxes import box_iou
+from .images import Color, ImageLike, describe_image, to_pixels
+from .results import Face
 
 __all__ = ["FaceTracker", "OneEuroFilter", "box_from_landmarks", "measure_tracking", "synthetic_moving_video"]
 
@@ -112,18 +114,18 @@ class FaceTracker:
         landmarks smoothed when ``smooth``; ``Face.score`` is the detector score of the track's last detection."""
         self.frame_index += 1
         t = self.frame_index / 30.0 if t is None else float(t)
-        pix = _to_pixels(frame, color, _describe(frame))
+        pix = to_pixels(frame, color, describe_image(frame))
         h, w = pix.height, pix.width
         redetect = not self.tracks or self.frame_index - self.last_detection >= self.redetect_every
         if not redetect:
             # constant-velocity prediction: the box follows the face's last motion, so a moving face stays where
             # the model saw faces in training (centred in its box) instead of trailing it by a frame
             boxes = np.stack([box_from_landmarks(tr.raw) + np.tile(tr.velocity, 2) for tr in self.tracks])
-            faces = self.aligner._run([_job(pix, boxes)])[0]
+            faces = self.aligner.align_pixels([pix], [boxes])[0]
             for tr, face, box in zip(self.tracks, faces, boxes):
                 new_box = box_from_landmarks(face.landmarks)
                 inside = new_box[2] > 0 and new_box[3] > 0 and new_box[0] < w - 1 and new_box[1] < h - 1
-                if not inside or _iou(new_box[None], box[None])[0, 0] < self.min_iou:
+                if not inside or box_iou(new_box[None], box[None])[0, 0] < self.min_iou:
                     redetect = True
                     break
                 new_raw = np.asarray(face.landmarks, np.float64)
@@ -146,8 +148,7 @@ class FaceTracker:
     def _redetect(self, pix: Any) -> None:
         self.last_detection = self.frame_index
         self.detections += 1
-        jobs = self.aligner._jobs_for([pix], None)
-        faces = self.aligner._run(jobs)[0]
+        faces = self.aligner.align_pixels([pix])[0]
         boxes = [box_from_landmarks(f.landmarks) for f in faces]
         old = self.tracks
         new: list[_Track] = []
@@ -157,7 +158,7 @@ class FaceTracker:
             for k, tr in enumerate(old):
                 if k in used:
                     continue
-                iou = _iou(box[None], box_from_landmarks(tr.raw)[None])[0, 0]
+                iou = box_iou(box[None], box_from_landmarks(tr.raw)[None])[0, 0]
                 if iou > best_iou:
                     best, best_iou = k, iou
             if best is None:
@@ -172,12 +173,6 @@ class FaceTracker:
             tr.box = np.asarray(face.box, np.float64)
             new.append(tr)
         self.tracks = new
-
-
-def _job(pix: Any, boxes: np.ndarray) -> Any:
-    from .aligner import _Job
-
-    return _Job(pix, boxes, boxes, np.ones(len(boxes)))
 
 
 def synthetic_static_video(image_rgb: np.ndarray, frames: int = 60, max_shift: float = 0.25, noise: float = 2.0,

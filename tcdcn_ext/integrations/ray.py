@@ -53,7 +53,7 @@ class TCDCNPredictor:
     def __call__(self, batch: Mapping[str, Any]) -> Any:
         import pyarrow as pa
 
-        from ..inference.aligner import ImageError, load_image
+        from ..inference.images import ImageError, load_image
         from ..inference.folder_align import error_row, face_columns
 
         if hasattr(batch, "column_names"):  # batch_format="pyarrow"
@@ -92,7 +92,7 @@ class TCDCNPredictor:
         if kind == "bytes":
             import cv2
 
-            from ..inference.aligner import ImageError
+            from ..inference.images import ImageError
 
             bgr = cv2.imdecode(np.frombuffer(bytes(src), np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:

@@ -18,7 +18,7 @@ transfer variant).
 Landmark frame: the model sees the face box resampled to ``S x S`` and predicts each point in the box's
 normalised frame ``(u, v)``, with ``x = x0 + u (x1 - x0)``, ``y = y0 + v (y1 - y0)`` for a box
 ``(x0, y0, x1, y1)`` in pixel-centre coordinates; input pixel ``i`` has its centre at ``u = (i + 0.5) / S``
-(:func:`tcdcn_ext.data.box_to_input_matrix`).
+(:func:`tcdcn_ext.inference.boxes.box_to_input_matrix`).
 """
 
 from __future__ import annotations
@@ -428,19 +428,19 @@ class TCDCN(nn.Module):
         to ``S x S`` grey pixels (bilinear, black outside the image) and normalised per image to zero mean and unit
         standard deviation.
         """
-        from ..training import data  # OpenCV is imported only when images are processed
+        from ..inference.preprocess import make_inputs  # OpenCV is imported only when images are processed
 
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
             images = [images]
         boxes = self.input_boxes(boxes)
         if len(images) != len(boxes):
             raise ValueError(f"preprocess: {len(images)} images but {len(boxes)} boxes")
-        return torch.from_numpy(data.make_inputs(list(images), boxes, self.config.input_size))
+        return torch.from_numpy(make_inputs(list(images), boxes, self.config.input_size))
 
     def input_boxes(self, boxes: np.ndarray | Sequence) -> np.ndarray:
         """The boxes the network actually sees for the given face boxes ``[N, 4]``: each enlarged by
         ``config.box_scale`` about its centre (the identity, as float32, when ``box_scale == 1``)."""
-        from ..training.data import scale_boxes
+        from ..inference.boxes import scale_boxes
 
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         s = self.config.box_scale
@@ -523,7 +523,7 @@ class TCDCN(nn.Module):
         return out
 
     def _average_with_mirror(self, o: dict[str, Tensor], xb: Tensor) -> dict[str, Tensor]:
-        from ..training.data import MIRROR_5, MIRROR_68, POSE_MIRROR
+        from .landmarks import MIRROR_5, MIRROR_68, POSE_MIRROR
 
         perm = {5: MIRROR_5, 68: MIRROR_68}.get(self.num_points)
         if perm is None:

@@ -277,7 +277,7 @@ def face_patches(
     images: Sequence[Tensor], image_index: Tensor, boxes: Tensor, size: int, channel_order: str = "rgb",
     standardise: bool = True,
 ) -> Tensor:
-    """Model inputs for many faces at once (the C++ twin of :func:`tcdcn_ext.data.make_inputs`).
+    """Model inputs for many faces at once (the C++ twin of :func:`tcdcn_ext.inference.preprocess.make_inputs`).
 
     Args:
         images: uint8 CPU tensors ``[H, W]`` (grey) or ``[H, W, 1|3|4]`` (any strides; alpha ignored).

@@ -29,6 +29,8 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from ..models.landmarks import LANDMARK_NAMES_5, POSE_NAMES
+
 __all__ = [
     "LANDMARK_NAMES_5",
     "POSE_NAMES",
@@ -49,8 +51,6 @@ __all__ = [
     "format_table",
 ]
 
-LANDMARK_NAMES_5: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-POSE_NAMES: tuple[str, ...] = ("left_profile", "left", "frontal", "right", "right_profile")
 #: iBUG 68-point regions, 0-based inclusive ranges as index arrays.
 REGIONS_68: dict[str, np.ndarray] = {
     "jaw": np.arange(0, 17),
@@ -574,7 +574,7 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
 
     import torch
 
-    from . import data as data_mod
+    from ..inference.boxes import from_box_frame
 
     n = len(faceset)
     pts = np.empty((n, model.num_points, 2), np.float32)
@@ -583,7 +583,7 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
         sl = slice(i, min(i + batch_size, n))
         x = model.preprocess(faceset.images[sl], faceset.boxes[sl])
         out = model.predict(x, mirror_average=mirror_average)
-        pts[sl] = data_mod.from_box_frame(out["landmarks"].numpy(), faceset.boxes[sl])
+        pts[sl] = from_box_frame(out["landmarks"].numpy(), faceset.boxes[sl])
         for k, v in out.items():
             if k != "landmarks":
                 probs.setdefault(k, []).append(v.numpy())

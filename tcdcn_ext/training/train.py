@@ -52,7 +52,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data as data_mod
+from ..inference.boxes import from_box_frame, to_box_frame
+from ..inference.preprocess import grey, make_inputs
+from ..models.landmarks import MIRROR_5, MIRROR_68
+from .augment import Augmenter
+from .datasets import FaceSet, load_staged
 from ..util.files import atomic_torch_save, atomic_write_text, load_tensors
 from .distributed import World, all_reduce_sums, init_from_env, local_share
 from .early_stopping import TaskwiseEarlyStopping, check_ranks_agree
@@ -136,8 +140,8 @@ def _lr_at(cfg: TrainConfig, epoch_float: float) -> float:
 class _Batches:
     """Training data prepared once: grey images, boxes, landmarks, attribute codes."""
 
-    def __init__(self, fs: data_mod.FaceSet) -> None:
-        self.grey = [data_mod.grey(im) if im.ndim == 3 else im for im in fs.images]
+    def __init__(self, fs: FaceSet) -> None:
+        self.grey = [grey(im) if im.ndim == 3 else im for im in fs.images]
         self.boxes = fs.boxes.astype(np.float32)
         self.landmarks = fs.landmarks.astype(np.float32)
         self.attributes = {k: np.asarray(v, np.int64) for k, v in fs.attributes.items()}
@@ -234,7 +238,7 @@ def _evaluate(model: TCDCN, batches: _Batches, cfg: TrainConfig, x_cache: torch.
         for task in cfg.aux_tasks:  # predict() gives probabilities; the losses need logits
             logits[task] = torch.log(out[task].clamp_min(1e-12))
         losses = _losses(model, {"landmarks": out["landmarks"], **logits}, uv_cache[rows], attrs, cfg)
-    pred_px = data_mod.from_box_frame(out["landmarks"].numpy(), batches.boxes[rows])
+    pred_px = from_box_frame(out["landmarks"].numpy(), batches.boxes[rows])
     norm = "inter_ocular" if cfg.points == 5 else "outer_corners"
     err = ev.landmark_errors(pred_px, batches.landmarks[rows], norm)
     model.train()
@@ -288,7 +292,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     ckpt_path = out_dir / "checkpoint.pt"
     train_dir = Path(cfg.train_dir) if cfg.train_dir else default_data_root() / ("mtfl/train" if cfg.points == 5
                                                                                     else "300w/train")
-    fs = data_mod.load_staged(train_dir, limit=cfg.limit, progress=progress)
+    fs = load_staged(train_dir, limit=cfg.limit, progress=progress)
     if fs.num_points != cfg.points:
         raise ValueError(f"{train_dir} has {fs.num_points}-point annotations but --points is {cfg.points}")
     missing = [t for t in cfg.aux_tasks if t not in fs.attributes]
@@ -313,7 +317,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
 
     torch.manual_seed(cfg.seed)
     model = TCDCN(mcfg)
-    uv_train = data_mod.to_box_frame(tr.landmarks, tr.boxes)
+    uv_train = to_box_frame(tr.landmarks, tr.boxes)
     model.set_mean_shape(uv_train.mean(axis=0))
     if cfg.init_from:
         src = load_tensors(cfg.init_from, "--init-from checkpoint")
@@ -362,11 +366,11 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     world.barrier()
     net, net_unused = model, False
 
-    aug = data_mod.Augmenter(size=mcfg.input_size, max_shift=cfg.max_shift, max_rotate_deg=cfg.max_rotate_deg,
+    aug = Augmenter(size=mcfg.input_size, max_shift=cfg.max_shift, max_rotate_deg=cfg.max_rotate_deg,
                              zoom=cfg.zoom, mirror=cfg.mirror,
-                             mirror_perm=data_mod.MIRROR_5 if cfg.points == 5 else data_mod.MIRROR_68)
-    x_val = torch.from_numpy(data_mod.make_inputs(va.grey, model.input_boxes(va.boxes), mcfg.input_size))
-    uv_val = torch.from_numpy(data_mod.to_box_frame(va.landmarks, va.boxes).astype(np.float32))
+                             mirror_perm=MIRROR_5 if cfg.points == 5 else MIRROR_68)
+    x_val = torch.from_numpy(make_inputs(va.grey, model.input_boxes(va.boxes), mcfg.input_size))
+    uv_val = torch.from_numpy(to_box_frame(va.landmarks, va.boxes).astype(np.float32))
     steps = max(1, math.ceil(len(tr) / cfg.batch_size))
     model.train()
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
@@ -467,7 +471,7 @@ def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_di
 
     model = load_model(weights)
     train_dir = Path(train_dir) if train_dir else default_data_root() / "mtfl/train"
-    fs = data_mod.load_staged(train_dir, progress=progress)
+    fs = load_staged(train_dir, progress=progress)
     perm = np.random.default_rng(seed + 1_000_003).permutation(len(fs))
     n_val = max(1, int(round(val_fraction * len(fs))))
     parts = {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
