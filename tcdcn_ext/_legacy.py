@@ -21,10 +21,10 @@ MOVED: dict[str, tuple[str, ...]] = {
     "quantize": ("ops.quantize",),
     "model": ("models.tcdcn", "models.weights", "models.plan", "models.cuda_graph"),
     "yunet": ("models.yunet",),
-    "export": ("models.export",),
+    "export": ("models.export",),  # (its main(): tcdcn_ext.cli.export_main)
     "aligner": ("inference.aligner", "inference.images", "inference.results", "inference.preprocess"),
     "averaging": ("inference.averaging",),
-    "detect": ("inference.detector",),
+    "detect": ("inference.detector", "inference.boxes", "training.calibration"),
     "draw": ("inference.draw",),
     "folder_align": ("inference.folder_align",),
     "tracking": ("inference.tracking",),
@@ -32,8 +32,9 @@ MOVED: dict[str, tuple[str, ...]] = {
     "evaluate": ("training.evaluate",),
     "early_stopping": ("training.early_stopping",),
     "distributed": ("training.distributed",),
-    "train": ("training.train",),
+    "train": ("training.train",),  # (its main() and build_parser(): tcdcn_ext.cli.train_main, train_parser)
     "checkpoint": ("util.files",),
+    "align_cli": ("cli",),  # (its main(): tcdcn_ext.cli.align_main)
 }
 
 

@@ -442,7 +442,7 @@ def test_draw_faces(boxed, rgb):
 
 
 def test_cli_demo(weights, tmp_path, monkeypatch, capsys):
-    from tcdcn_ext.align_cli import main
+    from tcdcn_ext.cli import align_main as main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--demo", "--model", weights]) == 0
@@ -455,7 +455,7 @@ def test_cli_demo(weights, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_folder_json_lines_and_draw(weights, face_crop, tmp_path):
-    from tcdcn_ext.align_cli import main
+    from tcdcn_ext.cli import align_main as main
 
     src = tmp_path / "in"
     src.mkdir()
@@ -475,7 +475,7 @@ def test_cli_folder_json_lines_and_draw(weights, face_crop, tmp_path):
 
 
 def test_cli_video_tracking(weights, face_crop, tmp_path):
-    from tcdcn_ext.align_cli import main
+    from tcdcn_ext.cli import align_main as main
 
     video = tmp_path / "clip.avi"
     h, w = face_crop.shape[:2]
@@ -497,7 +497,7 @@ def test_cli_video_tracking(weights, face_crop, tmp_path):
 
 
 def test_cli_usage_errors(weights, capsys):
-    from tcdcn_ext.align_cli import main
+    from tcdcn_ext.cli import align_main as main
 
     assert main([]) == 2
     assert main(["x.jpg", "y.jpg", "--draw", "out.mp4", "--model", weights, "--detector", "yunet"]) in (2,)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tcdcn_ext import export as tx
+from tcdcn_ext.cli import export_main
 from tcdcn_ext.averaging import default_shifts
 from tcdcn_ext.model import TCDCN, load_model, shipped_models
 
@@ -129,7 +130,7 @@ def test_export_graph_is_registered_ops_and_reloads(name, tmp_path):
 
 def test_cli_writes_a_program(tmp_path, capsys):
     path = tmp_path / "m.pt2"
-    assert tx.main(["--model", "5pt", "--pt2", str(path)]) == 0
+    assert export_main(["--model", "5pt", "--pt2", str(path)]) == 0
     assert "wrote" in capsys.readouterr().out
     model = float_model("5pt")
     x = inputs(model, 3)
@@ -139,7 +140,7 @@ def test_cli_writes_a_program(tmp_path, capsys):
 
 def test_cli_refuses_averaged_programs(tmp_path):
     with pytest.raises(SystemExit):
-        tx.main(["--pt2", str(tmp_path / "m.pt2"), "--averaged"])
+        export_main(["--pt2", str(tmp_path / "m.pt2"), "--averaged"])
 
 
 def test_jit_trace_records_the_ops_not_the_engine_outputs():

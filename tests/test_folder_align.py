@@ -19,7 +19,7 @@ import pytest
 from conftest import descendants
 
 import tcdcn_ext
-from tcdcn_ext.align_cli import main as align_main
+from tcdcn_ext.cli import align_main
 from tcdcn_ext.folder_align import align_folder, list_images
 
 PKG_PARENT = str(Path(tcdcn_ext.__file__).resolve().parents[1])

@@ -359,7 +359,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def test_truncated_and_fake_videos(crop, tmp_path):
-    from tcdcn_ext.align_cli import main
+    from tcdcn_ext.cli import align_main as main
 
     frames = [np.roll(crop, k, axis=1) for k in range(12)]
     full = tmp_path / "full.mp4"

@@ -310,6 +310,11 @@ class Aligner:
             pixels.append(to_pixels(image, color, names[-1]))
         return self.align_pixels(pixels, boxes, names)
 
+    @property
+    def detects(self) -> bool:
+        """Whether this Aligner has a face detector (``detector="none"``: only given boxes are aligned)."""
+        return self._detect is not None
+
     def align_pixels(self, pixels: Sequence[Pixels], boxes: Sequence[Any] | None = None,
                      names: "Sequence[str | ImageName] | None" = None) -> list[list[Face]]:
         """:meth:`align_batch` on images already checked (:func:`tcdcn_ext.inference.images.to_pixels`): what the

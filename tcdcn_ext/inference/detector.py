@@ -1,6 +1,6 @@
 """Face detection for :class:`tcdcn_ext.Aligner`, and the calibration of detector boxes to the model's box convention.
 
-The detector is YuNet (:mod:`tcdcn_ext.yunet`; MIT licence, weights inside the package) running on this library's
+The detector is YuNet (:mod:`tcdcn_ext.models.yunet`; MIT licence, weights inside the package) running on this library's
 own kernels (:func:`tcdcn_ext.ops.dw_separable`), so detection needs nothing beyond torch, numpy and OpenCV's image
 functions, on every platform torch supports. :class:`YuNetDetector` returns a box and 5 points per face.
 
@@ -8,37 +8,33 @@ Box calibration
 ---------------
 The 5-point TCDCN was trained on the MTFL crops' annotated boxes (the CUHK boxes: square, about the eyebrows to
 the chin). YuNet's boxes are taller and placed differently, and feeding them unchanged shifts and scales every
-face in the network's input. :func:`fit_box_calibration` learns, on the MTFL *training* crops, two maps from a
-YuNet detection to the annotated box:
+face in the network's input. :func:`tcdcn_ext.training.calibration.fit_box_calibration` learns, on the MTFL
+*training* crops, two maps from a YuNet detection to the annotated box:
 
 * ``"linear"``: a translation- and scale-equivariant linear map of the detector box,
   ``[cx' - cx, cy' - cy, w', h'] = [w, h] @ LINEAR`` (``LINEAR`` is 2x4);
-* ``"points"``: the box predicted from the detector's 5 points with :func:`tcdcn_ext.inference.boxes.predict_boxes_5pt`
-  and a coefficient matrix refitted on YuNet's points (``POINTS``, 2x3, as :func:`tcdcn_ext.inference.boxes.fit_box_model`).
+* ``"points"``: the box predicted from the detector's 5 points with
+  :func:`tcdcn_ext.inference.boxes.predict_boxes_5pt` and a coefficient matrix refitted on YuNet's points
+  (``POINTS``, 2x3, as :func:`tcdcn_ext.inference.boxes.fit_box_model`).
 
 and keeps the one whose boxes give the lower landmark error on a held-out part of the training set (the training
-run's own validation faces). The constants below are the output of ``python -m tcdcn_ext.detect --fit ...`` (see
-each constant for its command and the numbers it printed). Calibration applies to the built-in detector; boxes from
-a user detector (a callable) or given to :meth:`Aligner.align` are used as they are. The 68-point model has its own
+run's own validation faces). The constants below are the output of ``python -m tcdcn_ext calibrate --fit ...``
+(formerly ``python -m tcdcn_ext.detect --fit``; see each constant for its command and the numbers it printed).
+Calibration applies to the built-in detector; boxes from a user detector (a callable) or given to
+:meth:`Aligner.align` are used as they are. The 68-point model has its own
 box convention (the staged 300-W boxes are the tight extent of the 68 points) and its own fit,
 :data:`CALIBRATION_68PT`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .boxes import box_iou
 
 __all__ = [
     "CALIBRATION_5PT",
@@ -47,7 +43,7 @@ __all__ = [
     "Detections",
     "YuNetDetector",
     "calibrate_boxes",
-    "fit_box_calibration",
+    "linear_box_features",
     "resolve_detector",
 ]
 
@@ -344,14 +340,14 @@ def resolve_detector(detector: str | Callable[..., Any] | None,
 # Calibration
 
 
-def _linear_features(boxes: np.ndarray) -> np.ndarray:
+def linear_box_features(boxes: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
 
 
 def _apply_linear(boxes: np.ndarray, coef: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    d = _linear_features(b) @ np.asarray(coef, np.float64)  # [N, 4]: dcx, dcy, w', h'
+    d = linear_box_features(b) @ np.asarray(coef, np.float64)  # [N, 4]: dcx, dcy, w', h'
     cx = (b[:, 0] + b[:, 2]) / 2 + d[:, 0]
     cy = (b[:, 1] + b[:, 3]) / 2 + d[:, 1]
     return np.stack([cx - d[:, 2] / 2, cy - d[:, 3] / 2, cx + d[:, 2] / 2, cy + d[:, 3] / 2], 1)
@@ -389,159 +385,3 @@ def calibrate_boxes(det: Detections, calibration: dict[str, Any] | None = None,
     else:
         raise ValueError(f"calibration method must be 'points', 'linear' or 'none', got {method!r}")
     return out.astype(np.float32)
-
-
-class _PointsAndBoxes:
-    """The two FaceSet attributes :func:`tcdcn_ext.inference.boxes.fit_box_model` reads (detector points, annotated boxes)."""
-
-    def __init__(self, landmarks: np.ndarray, boxes: np.ndarray) -> None:
-        self.landmarks, self.boxes = landmarks, boxes
-        self.num_points = landmarks.shape[1]
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-
-def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Callable[[np.ndarray, float], Detections],
-                     min_score: float = 0.5, min_iou: float = 0.3, progress: bool = True,
-                     cache: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Run ``detector`` on every image and keep, per image, the detection with the highest IoU with the annotated
-    box (if >= ``min_iou``). Returns ``(found bool [N], scores [N], det boxes [N, 4], det points [N, 5, 2])``
-    (NaN where not found). ``cache``: an ``.npz`` file of the raw results (written if absent, read if present)."""
-    n = len(images)
-    if cache is not None and Path(cache).is_file():
-        z = np.load(cache)
-        if len(z["counts"]) == n:
-            all_scores, all_boxes, all_points, counts = z["scores"], z["boxes"], z["points"], z["counts"]
-        else:
-            cache = None
-            all_scores = None
-    else:
-        all_scores = None
-    if all_scores is None:
-        per = []
-        for i, img in enumerate(images):
-            per.append(detector(img, 0.0))
-            if progress and (i + 1) % 250 == 0:
-                print(f"\rdetecting: {i + 1}/{n}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
-        counts = np.array([len(d) for d in per], np.int64)
-        all_scores = np.concatenate([d.scores for d in per]) if n else np.zeros(0, np.float32)
-        all_boxes = np.concatenate([d.boxes for d in per]) if n else np.zeros((0, 4), np.float32)
-        all_points = np.concatenate([d.points for d in per]) if n else np.zeros((0, 5, 2), np.float32)
-        if cache is not None:
-            np.savez(cache, scores=all_scores, boxes=all_boxes, points=all_points, counts=counts)
-    found = np.zeros(n, bool)
-    scores = np.full(n, np.nan, np.float32)
-    dboxes = np.full((n, 4), np.nan, np.float32)
-    dpoints = np.full((n, 5, 2), np.nan, np.float32)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    for i in range(n):
-        s, e = starts[i], starts[i + 1]
-        keep = np.flatnonzero(all_scores[s:e] >= min_score) + s
-        if len(keep) == 0:
-            continue
-        iou = box_iou(boxes[i:i + 1], all_boxes[keep])[0]
-        j = int(np.argmax(iou))
-        if iou[j] >= min_iou:
-            found[i] = True
-            scores[i], dboxes[i], dpoints[i] = all_scores[keep[j]], all_boxes[keep[j]], all_points[keep[j]]
-    return found, scores, dboxes, dpoints
-
-
-def _landmark_error(model, images, boxes, gt) -> np.ndarray:
-    import torch
-
-    from ..training import evaluate
-    from .boxes import from_box_frame
-
-    with torch.inference_mode():
-        uv = model.predict(model.preprocess(images, boxes))["landmarks"].numpy()
-    norm = "inter_ocular" if gt.shape[1] == 5 else "outer_corners"
-    return evaluate.landmark_errors(from_box_frame(uv, boxes), gt, norm)
-
-
-def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,
-                        cache: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fit the YuNet -> annotated box calibration on a staged training split (see the module docstring).
-
-    Args:
-        train_dir: e.g. ``shared/data/mtfl/train`` (5 points) or ``shared/data/300w/train`` (68 points).
-        model: the landmark model used to choose between the maps (a name/path for ``load_model`` or a TCDCN);
-            its number of points must match the split's.
-        holdout: indices of the faces that choose the method (never used for fitting); default: the training
-            run's validation faces (``tcdcn_ext.train``: ``default_rng(seed + 1_000_003)``, seed 0, 5 % of a
-            5-point split, 10 % of a 68-point one, as the shipped models were trained).
-        cache: ``.npz`` of the raw detections (computed once; 10,000 crops take several minutes).
-
-    Returns:
-        A dict in the format of :data:`CALIBRATION_5PT` plus ``"report"``: box edge RMS and held-out landmark
-        error/failure for ``none``, ``linear`` and ``points``.
-    """
-    from ..models import TCDCN, load_model
-    from ..training import evaluate
-    from ..training.datasets import load_staged
-    from .boxes import fit_box_model
-
-    fs = load_staged(train_dir, progress=progress)
-    n = len(fs)
-    if holdout is None:
-        perm = np.random.default_rng(0 + 1_000_003).permutation(n)
-        frac = 0.05 if fs.num_points == 5 else 0.1
-        holdout = np.sort(perm[: max(1, int(round(frac * n)))])
-    holdout = np.asarray(holdout)
-    is_hold = np.zeros(n, bool)
-    is_hold[holdout] = True
-    found, _, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuNetDetector(), min_score=0.5,
-                                                 progress=progress, cache=cache)
-    fit = found & ~is_hold
-    ann = fs.boxes.astype(np.float64)
-    # (a) linear, weighted so that every face counts the same whatever its size: rows divided by sqrt(w h).
-    feats = _linear_features(dboxes[fit])
-    w = 1.0 / np.sqrt(feats[:, 0] * feats[:, 1])
-    target = np.stack([(ann[fit, 0] + ann[fit, 2]) / 2 - (dboxes[fit, 0] + dboxes[fit, 2]) / 2,
-                       (ann[fit, 1] + ann[fit, 3]) / 2 - (dboxes[fit, 1] + dboxes[fit, 3]) / 2,
-                       ann[fit, 2] - ann[fit, 0], ann[fit, 3] - ann[fit, 1]], 1)
-    linear, *_ = np.linalg.lstsq(feats * w[:, None], target * w[:, None], rcond=None)
-    # (b) the 5-point box model refitted on the detector's points.
-    points, _ = fit_box_model(_PointsAndBoxes(dpoints[fit].astype(np.float64), ann[fit]))
-    cal = {"method": "points", "linear": linear.tolist(), "points": points.tolist()}
-
-    net = model if isinstance(model, TCDCN) else load_model(model)
-    if net.num_points != fs.num_points:
-        raise ValueError(f"fit_box_calibration: {train_dir} has {fs.num_points}-point annotations but the model "
-                         f"predicts {net.num_points}")
-    hold = np.flatnonzero(found & is_hold)
-    det = Detections(np.ones(len(hold), np.float32), dboxes[hold], dpoints[hold])
-    imgs = [fs.images[i] for i in hold]
-    report: dict[str, Any] = {"faces": n, "detected": int(found.sum()), "fit_faces": int(fit.sum()),
-                              "holdout_faces": int(len(holdout)), "holdout_detected": int(len(hold))}
-    best, best_err = None, np.inf
-    for method in ("none", "linear", "points"):
-        b = calibrate_boxes(det, cal, method)
-        err = _landmark_error(net, imgs, b, fs.landmarks[hold])
-        edge = float(np.sqrt(np.mean((b - ann[hold]) ** 2)))
-        report[method] = {"box_edge_rms_px": edge, "mean_error": float(err.mean()),
-                          "failure_rate": evaluate.failure_rate(err)}
-        if method != "none" and err.mean() < best_err:
-            best, best_err = method, float(err.mean())
-    cal["method"] = best
-    cal["report"] = report
-    return cal
-
-
-def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tcdcn_ext.detect", description=__doc__.split("\n")[0])
-    p.add_argument("--fit", metavar="TRAIN_DIR", required=True,
-                   help="staged training split, e.g. mtfl/train (5 points) or 300w/train (68 points)")
-    p.add_argument("--model", default="5pt", help="landmark model choosing the method (name or .pt path)")
-    p.add_argument("--cache", default=None, help="npz cache of the raw detections")
-    args = p.parse_args(argv)
-    cal = fit_box_calibration(args.fit, args.model, cache=args.cache)
-    print(json.dumps(cal, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -24,9 +24,7 @@ exported graph computes what the model does under ``set_inference_weights("auto"
 
 from __future__ import annotations
 
-import argparse
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,9 +33,8 @@ from torch import Tensor, nn
 
 from .layers import Epilogue
 from .tcdcn import TCDCN
-from .weights import load_model
 
-__all__ = ["AveragedPortableTCDCN", "PortableTCDCN", "main", "portable_module", "to_onnx"]
+__all__ = ["AveragedPortableTCDCN", "PortableTCDCN", "check_onnx", "portable_module", "to_onnx"]
 
 #: The lowest ONNX opset :func:`to_onnx` writes (the dynamo exporter's default in torch 2.13).
 MIN_OPSET = 18
@@ -185,50 +182,6 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``tcdcn-export``: write a model as ONNX (standard operators) and/or as a torch.export program (``.pt2``)."""
-    p = argparse.ArgumentParser(prog="tcdcn-export", description="Export a TCDCN model for deployment: an ONNX graph "
-                                "of standard operators (onnxruntime and other runtimes, no tcdcn_ext needed) and/or "
-                                "a torch.export program (.pt2, loads with torch.export.load; needs tcdcn_ext).")
-    p.add_argument("--model", default="5pt", help="'5pt', '68pt' or a weights .pt path")
-    p.add_argument("--onnx", default=None, metavar="PATH", help="write the ONNX graph here")
-    p.add_argument("--pt2", default=None, metavar="PATH", help="write the torch.export program here")
-    p.add_argument("--averaged", action="store_true", help="ONNX: TCDCN-Averaged over the model's default shifts "
-                   "(tcdcn_ext.averaging.default_shifts); input: crops with a margin (averaging.shift_crops)")
-    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    p.add_argument("--check", action="store_true", help="run the written ONNX graph with onnxruntime on random "
-                   "inputs and report its largest difference from the native model")
-    args = p.parse_args(argv)
-    if not (args.onnx or args.pt2):
-        p.error("nothing to do: give --onnx PATH and/or --pt2 PATH")
-    if args.averaged and args.pt2:
-        p.error("--averaged applies to --onnx only (a .pt2 program holds the plain forward)")
-
-    model = load_model(args.model)
-    s = model.input_size
-    if args.pt2:
-        x = torch.zeros(2, 1, s, s)
-        program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
-        torch.export.save(program, args.pt2)
-        print(f"tcdcn-export: wrote {args.pt2} (torch.export program, {args.model}, dynamic batch)")
-    if args.onnx:
-        shifts = None
-        if args.averaged:
-            from ..inference.averaging import default_shifts
-
-            shifts = default_shifts(model)
-        try:
-            to_onnx(model, args.onnx, shifts=shifts, opset=args.opset)
-        except ImportError as exc:
-            raise SystemExit(f"tcdcn-export: {exc}") from exc
-        print(f"tcdcn-export: wrote {args.onnx} (ONNX opset {args.opset}, {args.model}"
-              f"{', averaged' if args.averaged else ''}, dynamic batch)")
-        if args.check:
-            print(f"tcdcn-export: onnxruntime vs native: max |diff| of the landmarks "
-                  f"{check_onnx(model, args.onnx, shifts):.3g}")
-    return 0
 
 
 def check_onnx(model: TCDCN, path: str | os.PathLike, shifts=None, batch: int = 4) -> float:

@@ -36,14 +36,12 @@ schedule. Early stopping decides from losses all-reduced over the ranks; rank 0 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +60,7 @@ from .distributed import World, all_reduce_sums, init_from_env, local_share
 from .early_stopping import TaskwiseEarlyStopping, check_ranks_agree
 from ..models import AUX_TASKS_5PT, TCDCN, TCDCNConfig, save_weights
 
-__all__ = ["TrainConfig", "main", "train"]
+__all__ = ["TrainConfig", "train"]
 
 log = logging.getLogger("tcdcn_ext.train")
 
@@ -506,76 +504,3 @@ def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_di
         pass
     save_weights(model, out, meta=meta)
     return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="tcdcn-train", description="Train TCDCN (paper Eq. 3 loss, Eq. 5 task-wise "
-                                "early stopping) on staged crops (images/ + annotations.csv).")
-    p.add_argument("--data", dest="train_dir", default="", help="training split folder (default: "
-                   "$TCDCN_DATA or ../shared/data, mtfl/train for 5 points, 300w/train for 68)")
-    p.add_argument("--out", dest="out_dir", default=d.out_dir)
-    p.add_argument("--points", type=int, choices=(5, 68), default=d.points)
-    p.add_argument("--aux-tasks", default=",".join(d.aux_tasks), help="comma list from pose,gender,glasses,smile "
-                   "or '' for landmarks only")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (the paper's SGD uses 0.003)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--landmark-loss", choices=("l2", "l1"), default=d.landmark_loss)
-    p.add_argument("--aux-weight", type=float, default=d.aux_weight, help="fixed lambda_a for every aux task")
-    p.add_argument("--learn-lambda", action="store_true")
-    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false")
-    p.add_argument("--strip-k", type=int, default=d.strip_k)
-    p.add_argument("--epsilon", type=float, default=d.epsilon)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N faces (smoke tests)")
-    p.add_argument("--max-shift", type=float, default=d.max_shift)
-    p.add_argument("--max-rotate", dest="max_rotate_deg", type=float, default=d.max_rotate_deg)
-    p.add_argument("--zoom", type=float, nargs=2, default=d.zoom, metavar=("LO", "HI"))
-    p.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--balance-pose", type=float, default=d.balance_pose, help="oversample rare head poses: "
-                   "sampling weight ~ freq(pose)^-B (0 = off, 1 = balanced)")
-    p.add_argument("--model-json", default="{}", help='TCDCNConfig overrides, e.g. \'{"feature_dim": 256}\'')
-    p.add_argument("--init-from", default=None, help="warm start from a checkpoint (heads are re-initialised)")
-    p.add_argument("--box-scale", type=float, default=d.box_scale, help="enlarge the annotated boxes by this factor "
-                   "about their centre (recorded in the model config; preprocess/predict apply it)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (on every rank under "
-                   "torchrun) when it exists, else start afresh: one command for the first start and every restart")
-    p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (resume later)")
-    p.add_argument("--quiet", dest="progress", action="store_false")
-    p.add_argument("--refit-heads", metavar="WEIGHTS", default=None, help="do not train: refit the auxiliary heads "
-                   "of WEIGHTS on its frozen feature (see refit_aux_heads) and write OUT/model.pt")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 logs progress
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(message)s" if rank == 0 else f"%(asctime)s [rank {rank}] %(message)s",
-                        datefmt="%H:%M:%S")
-    kw = vars(args).copy()
-    resume = kw.pop("resume")
-    stop_after = kw.pop("stop_after")
-    refit = kw.pop("refit_heads")
-    if refit:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-        report = refit_aux_heads(refit, Path(args.out_dir) / "model.pt", args.train_dir or None, args.val_fraction,
-                                 args.seed, progress=args.progress)
-        print(json.dumps(report, indent=2))
-        return 0
-    kw["aux_tasks"] = tuple(t for t in kw["aux_tasks"].split(",") if t)
-    kw["model"] = json.loads(kw.pop("model_json"))
-    cfg = TrainConfig(**kw)
-    summary = train(cfg, resume=resume, stop_after=stop_after)
-    if rank == 0:
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
