@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from .util.progress import progress_bar
 
 __all__ = ["align_main", "calibrate_main", "eval_main", "export_main", "main", "train_main"]
 
@@ -94,25 +95,6 @@ def _expand(inputs: list[str], recursive: bool) -> Iterator[tuple[str, Path]]:
             yield "image", path  # missing or unreadable files are reported by the Aligner, line by line
 
 
-class _Progress:
-    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
-        self.label, self.total, self.enabled = label, total, enabled
-        self.last = 0.0
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.5):
-            return
-        self.last = now
-        of = f"/{self.total}" if self.total else ""
-        print(f"\r{self.label}: {done}{of}", end="", file=sys.stderr, flush=True)
-
-    def close(self, done: int) -> None:
-        if self.enabled:
-            self.update(done, force=True)
-            print(file=sys.stderr)
-
-
 def _line(out: IO[str], file: str, frame: int | None, faces: list[Any] | None = None, error: str | None = None,
           **extra: Any) -> None:
     rec: dict[str, Any] = {"file": file, "frame": frame}
@@ -148,7 +130,7 @@ def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: 
     from .inference.draw import draw_faces
 
     failures = 0
-    bar = _Progress("images", len(paths), not args.quiet and len(paths) > 1)
+    bar = progress_bar(len(paths), "images", not args.quiet and len(paths) > 1, unit="img")
     for start in range(0, len(paths), max(1, args.batch)):
         chunk = paths[start:start + max(1, args.batch)]
         good, pixels = [], []
@@ -171,8 +153,8 @@ def _run_images(aligner: Any, paths: list[Path], args: argparse.Namespace, out: 
             target = _draw_path(args.draw, p)
             if target is not None:
                 _write_image(target, draw_faces(pix.array if pix.order == "bgr" else pix.rgb()[:, :, ::-1], faces))
-        bar.update(start + len(chunk))
-    bar.close(len(paths))
+        bar.update(len(chunk))
+    bar.close()
     return failures
 
 
@@ -192,7 +174,7 @@ def _run_video(aligner: Any, path: Path, args: argparse.Namespace, out: IO[str],
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     tracker = FaceTracker(aligner, redetect_every=args.redetect_every, smooth=not args.no_smooth)
     writer = None
-    bar = _Progress(f"{path.name} frames", total, not args.quiet)
+    bar = progress_bar(total, f"{path.name} frames", not args.quiet, unit="frame")
     i = 0
     try:
         while True:
@@ -211,12 +193,12 @@ def _run_video(aligner: Any, path: Path, args: argparse.Namespace, out: IO[str],
                         raise OSError(f"cannot write the video {draw_file}")
                 writer.write(draw_faces(frame, faces, "bgr"))
             i += 1
-            bar.update(i)
+            bar.update(1)
     finally:
         cap.release()
         if writer is not None:
             writer.release()
-    bar.close(i)
+    bar.close()
     if i == 0:
         _line(out, str(path), None, error=f"{path}: no frame could be read")
         return 1

@@ -48,6 +48,7 @@ from .images import (Color, ImageError, ImageLike, ImageName, Pixels, check_colo
                      to_pixels)
 from .preprocess import face_inputs
 from .results import ATTRIBUTE_LABELS, Attribute, AttributeTable, Face
+from ..util.progress import progress_bar
 
 # (ImageError, load_image, Attribute and ATTRIBUTE_LABELS: the Aligner's errors, loader and results, importable here)
 __all__ = ["ATTRIBUTE_LABELS", "Aligner", "Attribute", "Face", "ImageError", "box_from_landmarks", "load_image"]
@@ -404,13 +405,11 @@ class Aligner:
 
         show = len(chunks) > 4 and bool(self.progress if self.progress is not None else sys.stderr.isatty())
         outs = []
-        for c, chunk in enumerate(chunks):
-            x = face_inputs(chunk, side)  # [F, 1, side, side]
-            outs.append(self._forward_averaged(x) if averaged else self._forward(x))
-            if show:
-                done = min(len(pairs), (c + 1) * per)
-                end = "\n" if c + 1 == len(chunks) else ""
-                print(f"\raligning: {done}/{len(pairs)} faces", end=end, file=sys.stderr, flush=True)
+        with progress_bar(len(pairs), "aligning", show, unit="face") as bar:
+            for chunk in chunks:
+                x = face_inputs(chunk, side)  # [F, 1, side, side]
+                outs.append(self._forward_averaged(x) if averaged else self._forward(x))
+                bar.update(len(chunk))
         if len(outs) == 1:
             uv, probs = outs[0]
         else:

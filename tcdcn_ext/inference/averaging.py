@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..ops import as_shift_array
+from ..util.progress import progress_bar
 
 __all__ = ["DEFAULT_SHIFTS_20", "DEFAULT_SHIFTS_LOCAL", "default_shifts", "make_shifts", "predict_averaged", "predict_windows_reference", "shift_crops",
            "standardise_by_centre"]
@@ -159,8 +160,6 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
         return_probs: also return the averaged auxiliary-task probabilities ``{task: [N, C]}``.
         progress: print the number of faces done to stderr.
     """
-    import sys
-
     from .boxes import from_box_frame
 
     if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
@@ -173,16 +172,15 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     margin = int(np.abs(sh).max())
     device = next(model.parameters()).device
     uv, probs = [], {}
+    bar = progress_bar(len(b), "averaged", progress, unit="face")
     for i in range(0, len(b), batch_size):
         crop = shift_crops(model, images[i:i + batch_size], b[i:i + batch_size], margin).to(device)
         o = model.predict_shift_average(crop, sh)
         uv.append(o.pop("landmarks").float().cpu().numpy())
         for k, v in o.items():
             probs.setdefault(k, []).append(v.float().cpu().numpy())
-        if progress:
-            print(f"\raveraged: {min(len(b), i + batch_size)}/{len(b)} faces", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        bar.update(min(len(b), i + batch_size) - i)
+    bar.close()
     p = model.num_points
     pts = from_box_frame(np.concatenate(uv) if uv else np.zeros((0, p, 2), np.float32), b)
     if return_probs:

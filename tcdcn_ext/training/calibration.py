@@ -5,7 +5,6 @@ the map by the held-out landmark error. ``python -m tcdcn_ext calibrate --fit TR
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from ..inference.boxes import box_iou
 from ..inference.detector import Detections, YuNetDetector, calibrate_boxes, linear_box_features
+from ..util.progress import progress_bar
 
 __all__ = ["fit_box_calibration", "match_detections"]
 
@@ -46,12 +46,10 @@ def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Call
         all_scores = None
     if all_scores is None:
         per = []
-        for i, img in enumerate(images):
-            per.append(detector(img, 0.0))
-            if progress and (i + 1) % 250 == 0:
-                print(f"\rdetecting: {i + 1}/{n}", end="", file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+        with progress_bar(n, "detecting", progress, unit="img") as bar:
+            for img in images:
+                per.append(detector(img, 0.0))
+                bar.update(1)
         counts = np.array([len(d) for d in per], np.int64)
         all_scores = np.concatenate([d.scores for d in per]) if n else np.zeros(0, np.float32)
         all_boxes = np.concatenate([d.boxes for d in per]) if n else np.zeros((0, 4), np.float32)

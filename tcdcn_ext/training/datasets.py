@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -39,12 +38,13 @@ import cv2
 import numpy as np
 
 from ..inference.boxes import predict_boxes_5pt
+from ..util.progress import progress_bar
 from ..models.landmarks import ATTRIBUTE_CLASSES
 
 __all__ = ["DataError", "FaceSet", "crop_like_staged", "load_300w_original", "load_mtfl_original", "load_staged",
            "read_pts"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tcdcn_ext.data")  # (its name before the move: logging configs keep working)
 
 _POINT_COLUMN = re.compile(r"^([xy])(\d+)$")
 _BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
@@ -167,19 +167,6 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 3:
         return image
     raise ValueError(f"expected an image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got shape {image.shape}")
-
-
-class _Progress:
-    """Minimal progress line on stderr (no tqdm)."""
-
-    def __init__(self, label: str, total: int, enabled: bool) -> None:
-        self.label, self.total, self.enabled = label, total, enabled and total > 0
-        self.step = max(1, total // 20)
-
-    def update(self, i: int) -> None:
-        if self.enabled and ((i + 1) % self.step == 0 or i + 1 == self.total):
-            end = "\n" if i + 1 == self.total else ""
-            print(f"\r{self.label}: {i + 1}/{self.total}", end=end, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -310,7 +297,7 @@ def load_staged(split_dir: str | os.PathLike, limit: int | None = None, progress
         sources.append(row[source_col].strip() if source_col is not None else image_name)
 
     images: list[np.ndarray] = []
-    bar = _Progress(f"loading {split_dir}", n, progress)
+    bar = progress_bar(n, f"loading {split_dir}", progress, unit="face")
     for i, (line, _) in enumerate(rows):
         path = split_dir / "images" / names[i]
         img = _read_rgb(path)
@@ -318,7 +305,8 @@ def load_staged(split_dir: str | os.PathLike, limit: int | None = None, progress
             what = "not found" if not path.exists() else "unreadable"
             raise DataError(f"{csv_path}:{line}: image {path} {what}")
         images.append(img)
-        bar.update(i)
+        bar.update(1)
+    bar.close()
     return FaceSet(images, boxes, landmarks, attributes, names, sources)
 
 
@@ -459,7 +447,7 @@ def load_mtfl_original(
     images: list[np.ndarray] = []
     boxes = np.empty((n, 4), np.float32)
     landmarks = np.empty((n, 5, 2), np.float32)
-    bar = _Progress(f"loading {list_path}", n, progress)
+    bar = progress_bar(n, f"loading {list_path}", progress, unit="face")
     for i, (line_no, rel, points, _) in enumerate(entries):
         path = root / rel
         img = _read_rgb(path)
@@ -468,7 +456,8 @@ def load_mtfl_original(
             raise DataError(f"{list_path}:{line_no}: image {path} {what}")
         crop, boxes[i], landmarks[i] = crop_like_staged(img, raw_boxes[i], points, out_size)
         images.append(crop)
-        bar.update(i)
+        bar.update(1)
+    bar.close()
     codes_arr = np.array([e[3] for e in entries], np.int64).reshape(n, 4)
     attributes = {
         "gender": codes_arr[:, 0] - 1,  # 1 male, 2 female -> 0, 1
@@ -576,7 +565,7 @@ def load_300w_original(
     landmarks = np.empty((n, n_points, 2), np.float32)
     names: list[str] = []
     sources: list[str] = []
-    bar = _Progress(f"loading {root}", n, progress)
+    bar = progress_bar(n, f"loading {root}", progress, unit="face")
     for i, pts in enumerate(pts_files):
         points = read_pts(pts)
         if len(points) != n_points:
@@ -596,5 +585,6 @@ def load_300w_original(
         rel = pts.relative_to(root)
         names.append(_safe_id("_".join([*rel.parent.parts, rel.stem])) + ".jpg")
         sources.append(image_path.relative_to(root).as_posix())
-        bar.update(i)
+        bar.update(1)
+    bar.close()
     return FaceSet(images, boxes, landmarks, {}, names, sources)

@@ -48,7 +48,7 @@ import numpy as np
 
 __all__ = ["TaskwiseEarlyStopping", "check_ranks_agree", "criterion"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tcdcn_ext.early_stopping")  # (its name before the move: logging configs keep working)
 
 _TINY = 1e-12
 

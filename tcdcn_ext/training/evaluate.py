@@ -570,13 +570,11 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
 
     Returns ``(points [N, P, 2] in each image's pixel coordinates, {task: probabilities [N, C]})``.
     """
-    import sys
-
-    import torch
-
     from ..inference.boxes import from_box_frame
+    from ..util.progress import progress_bar
 
     n = len(faceset)
+    bar = progress_bar(n, "evaluating", progress, unit="face")
     pts = np.empty((n, model.num_points, 2), np.float32)
     probs: dict[str, list[np.ndarray]] = {}
     for i in range(0, n, batch_size):
@@ -587,10 +585,6 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
         for k, v in out.items():
             if k != "landmarks":
                 probs.setdefault(k, []).append(v.numpy())
-        if progress:
-            sys.stderr.write(f"\revaluating {min(i + batch_size, n)}/{n} faces")
-            sys.stderr.flush()
-    if progress and n:
-        sys.stderr.write("\n")
-    del torch
+        bar.update(sl.stop - sl.start)
+    bar.close()
     return pts, {k: np.concatenate(v) for k, v in probs.items()}

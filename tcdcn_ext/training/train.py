@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from ..inference.preprocess import grey, make_inputs
 from ..models.landmarks import MIRROR_5, MIRROR_68
 from .augment import Augmenter
 from .datasets import FaceSet, load_staged
+from ..util.progress import progress_bar
 from ..util.files import atomic_torch_save, atomic_write_text, load_tensors
 from .distributed import World, all_reduce_sums, init_from_env, local_share
 from .early_stopping import TaskwiseEarlyStopping, check_ranks_agree
@@ -107,25 +107,6 @@ class TrainConfig:
     init_from: str | None = None  # warm start (transfer): load matching tensors from this checkpoint
     box_scale: float = 1.0  # enlarge the annotated boxes by this factor about their centre (stored in the model)
     progress: bool = True
-
-
-class _Bar:
-    """A minimal progress bar on stderr (no dependency); silent when disabled."""
-
-    def __init__(self, total: int, label: str, enabled: bool) -> None:
-        self.total, self.label, self.enabled, self.t0 = total, label, enabled and total > 0, time.time()
-
-    def update(self, i: int, extra: str = "") -> None:
-        if not self.enabled or (i % 10 and i != self.total):
-            return
-        frac = i / self.total
-        bar = "#" * int(30 * frac)
-        el = time.time() - self.t0
-        eta = el / max(frac, 1e-9) - el
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {i}/{self.total} {el:5.1f}s eta {eta:5.1f}s {extra}")
-        if i == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def _lr_at(cfg: TrainConfig, epoch_float: float) -> float:
@@ -376,7 +357,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
         t0 = time.time()
         order = _epoch_order(tr, cfg, rng)
         sums = {k: 0.0 for k in ["landmarks", *cfg.aux_tasks]}
-        bar = _Bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+        bar = progress_bar(steps, f"epoch {epoch + 1}/{cfg.epochs}", progress, unit="step")
         if world.distributed and (net is model or net_unused != bool(stopper and stopper.stopped_at)):
             net_unused = bool(stopper and stopper.stopped_at)
             net = _data_parallel(model, stopper)
@@ -410,7 +391,10 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
             if scale > 0:  # (a rank without rows ran a dummy row with factor 0)
                 for k, v in losses.items():
                     sums[k] += float(v.detach()) * len(idx)
-            bar.update(it + 1, f"lm {losses['landmarks'].item():.3f}")
+            bar.update(1)
+            if bar.n % 10 == 0 or bar.n == steps:
+                bar.set_postfix_str(f"lm {losses['landmarks'].item():.3f}", refresh=False)
+        bar.close()
         # Epoch means over every rank's faces: the losses early stopping decides from are the same on every rank.
         train_losses = {k: v / len(tr) for k, v in all_reduce_sums(sums, world).items()}
         val = _evaluate(model, va, cfg, x_val, uv_val, world)
