@@ -397,7 +397,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mirror-average", action="store_true", help="average with the mirrored face's prediction")
     p.add_argument("--averaged", action="store_true", help="TCDCN-Averaged: landmarks and attribute probabilities "
                    "averaged over 20 shifted input windows in one shift_average op per batch "
-                   "(tcdcn_ext.averaging.default_shifts)")
+                   "(tcdcn_ext.inference.averaging.default_shifts)")
     p.add_argument("--inference-weights", choices=["auto", "float32", "float16", "int8"], default=None,
                    help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights); default: "
                         "the model's own (int8 for the shipped 5-point model, else auto)")
@@ -467,7 +467,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--onnx", default=None, metavar="PATH", help="write the ONNX graph here")
     p.add_argument("--pt2", default=None, metavar="PATH", help="write the torch.export program here")
     p.add_argument("--averaged", action="store_true", help="ONNX: TCDCN-Averaged over the model's default shifts "
-                   "(tcdcn_ext.averaging.default_shifts); input: crops with a margin (averaging.shift_crops)")
+                   "(tcdcn_ext.inference.averaging.default_shifts); input: crops with a margin (averaging.shift_crops)")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
     p.add_argument("--check", action="store_true", help="run the written ONNX graph with onnxruntime on random "
                    "inputs and report its largest difference from the native model")

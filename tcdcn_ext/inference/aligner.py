@@ -189,15 +189,15 @@ class Aligner:
         device: torch device of the model; ``"cpu"`` by default.
         averaged: TCDCN-Averaged: average the landmarks and attribute probabilities over the network run on shifted
             input windows (``shifts``), in one :func:`tcdcn_ext.ops.shift_average` call per batch.
-        detector: ``"auto"`` or ``"yunet"`` (the bundled YuNet detector, :class:`tcdcn_ext.detect.YuNetDetector`),
+        detector: ``"auto"`` or ``"yunet"`` (the bundled YuNet detector, :class:`tcdcn_ext.inference.detector.YuNetDetector`),
             ``"none"``, or a callable ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` |
             ``(boxes, scores, points [N, 5, 2])``. (``"yuface"``, the earlier releases' detector, names YuNet.)
         min_score: detector confidence threshold in ``[0, 1]``.
-        calibrate: map YuNet's boxes to the model's box convention (:mod:`tcdcn_ext.detect`); ignored for other
+        calibrate: map YuNet's boxes to the model's box convention (:mod:`tcdcn_ext.inference.detector`); ignored for other
             detectors and for boxes you pass.
         max_side: YuNet sees a copy of the image downscaled to at most this many pixels on its longest side (None:
             full resolution); the landmarks are read on the full-resolution pixels. See
-            :class:`~tcdcn_ext.detect.YuNetDetector` for the trade-off and the default.
+            :class:`~tcdcn_ext.inference.detector.YuNetDetector` for the trade-off and the default.
         min_face_size: the smallest face (pixels of the full image) to find: raises YuNet's working resolution
             where needed and drops smaller detections. 0: no limit beyond what ``max_side`` allows.
         derotate: detected faces whose landmarks tilt by more than :data:`LEVEL_ABOVE` degrees are read again from
@@ -209,10 +209,10 @@ class Aligner:
             clearly higher. Off by default: it costs about a detection per low-scoring face (ten small faces in a
             640x480 frame: ~8x the whole call) and on the scenes photos it rescued too few faces turned by 45-90
             degrees to pay (`benchmarks/README.md`, *In-plane rotation*).
-        model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.model.TCDCN` (copied: the
+        model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.models.TCDCN` (copied: the
             caller's module is left as it is); default ``f"{points}pt"``.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
-            (default :func:`tcdcn_ext.averaging.default_shifts`: 20 shifts chosen by validation for the model).
+            (default :func:`tcdcn_ext.inference.averaging.default_shifts`: 20 shifts chosen by validation for the model).
         refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
             align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
             failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
@@ -388,7 +388,7 @@ class Aligner:
         """Landmarks ``[F, P, 2]`` (image pixels) and class probabilities of the faces ``(pixels, box)``: batched
         forward passes of up to ``batch_size`` faces. ``averaged``: each face's crop carries a margin of
         ``max |shift|`` input pixels and one :meth:`TCDCN.predict_shift_average` call per batch runs the network on
-        every shifted window (:mod:`tcdcn_ext.averaging`)."""
+        every shifted window (:mod:`tcdcn_ext.inference.averaging`)."""
         # The network sees each box enlarged by its config.box_scale (the 68-point model's framing), and the
         # averaged mode's crop adds `margin` input pixels on every side of that, on the same pixel grid.
         size = self.model.input_size

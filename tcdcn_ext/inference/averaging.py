@@ -151,7 +151,7 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
     """TCDCN-Averaged landmarks ``[N, P, 2]`` (float32, image pixels) of the faces ``(images[i], boxes[i])``.
 
     Args:
-        model: a :class:`tcdcn_ext.model.TCDCN` (any ``box_scale``).
+        model: a :class:`tcdcn_ext.models.TCDCN` (any ``box_scale``).
         images: ``N`` uint8 RGB ``[H, W, 3]`` (or grey ``[H, W]``) images, or one image.
         boxes: ``[N, 4]`` face boxes ``(x0, y0, x1, y1)`` in each image's pixels.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` of the network input (default :func:`default_shifts`);

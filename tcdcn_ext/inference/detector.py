@@ -131,7 +131,7 @@ def rotation_about(centre: np.ndarray, angle: float, scale: float, side: float) 
 
 
 class YuNetDetector:
-    """The bundled face detector: YuNet (:mod:`tcdcn_ext.yunet`) on the library's own kernels, with its weights
+    """The bundled face detector: YuNet (:mod:`tcdcn_ext.models.yunet`) on the library's own kernels, with its weights
     inside the package. Call it on an RGB uint8 image ``[H, W, 3]``: ``detector(rgb, min_score) -> Detections``.
 
     Working resolution: the network sees a copy of the image whose longest side is at most ``max_side`` pixels

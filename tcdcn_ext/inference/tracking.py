@@ -77,7 +77,7 @@ class _Track:
 
 
 class FaceTracker:
-    """Track the faces of a video with an :class:`~tcdcn_ext.aligner.Aligner`.
+    """Track the faces of a video with an :class:`~tcdcn_ext.inference.aligner.Aligner`.
 
     Each frame, every track's box is predicted from its previous (unsmoothed) landmarks and the landmarks are
     placed again in it, with no detector. The detector runs on the first frame, every ``redetect_every`` frames (to

@@ -4,12 +4,12 @@ The three ways to deploy a model (README, "Deploy"):
 
 * ``torch.compile(model, fullgraph=True)`` and ``torch.export.export(model, (x,))`` take the model as it is: in eval
   mode its forward traces to one ``tcdcn_ext::lc_conv2d_stack`` call (a dispatcher op with a fake kernel), see
-  :meth:`tcdcn_ext.model.TCDCN._traced_forward`. Those graphs need this package at run time.
+  :meth:`tcdcn_ext.models.tcdcn.TCDCN._traced_forward`. Those graphs need this package at run time.
 * :func:`to_onnx` writes a graph of standard ONNX operators only, for runtimes without this package (onnxruntime):
   :func:`portable_module` rewrites the model's inference graph (:meth:`TCDCN.stack_layers`, the description the
   native inference plan reads too) in plain PyTorch ops, each locally connected layer decomposed into shifted
   slices of the input and one batched matrix product over the output locations (the ``unfold`` + ``einsum`` of
-  :func:`tcdcn_ext._reference.lc_conv2d`, written with operators every ONNX runtime has), then exports that with
+  :func:`tcdcn_ext.ops._reference.lc_conv2d`, written with operators every ONNX runtime has), then exports that with
   ``torch.onnx.export(dynamo=True)`` (torch.export, then onnxscript's ATen-to-ONNX library; needs ``onnx`` and
   ``onnxscript``: ``pip install "tcdcn_ext[onnx]"``).
 
@@ -105,7 +105,7 @@ class PortableTCDCN(nn.Module):
 class AveragedPortableTCDCN(nn.Module):
     """TCDCN-Averaged in standard operators: :meth:`TCDCN.predict_shift_average` for fixed ``shifts``.
 
-    ``forward(crop)``: Tensor[N, 1, S + 2m, S + 2m] (:func:`tcdcn_ext.averaging.shift_crops`) -> ``(landmarks
+    ``forward(crop)``: Tensor[N, 1, S + 2m, S + 2m] (:func:`tcdcn_ext.inference.averaging.shift_crops`) -> ``(landmarks
     [N, P, 2] in the given box's frame, probabilities of each auxiliary task [N, classes]...)``: the network on the
     ``K`` shifted windows (one batch of ``K * N``), each window's landmarks moved back by its shift, softmax per
     window, means over the shifts.

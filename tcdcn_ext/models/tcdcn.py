@@ -158,7 +158,7 @@ class TCDCN(nn.Module):
           Raises ``ValueError`` if a weight is beyond float16's range (65504).
         * ``"float32"``: float32 weights.
         * ``"int8"``: the locally connected conv layers get symmetric int8 weights with a float32 scale per output
-          location and channel (:mod:`tcdcn_ext.quantize`; the kernels widen them in registers, sum in float32
+          location and channel (:mod:`tcdcn_ext.ops.quantize`; the kernels widen them in registers, sum in float32
           and scale the sum), the other layers as ``"auto"``. A quarter of float32's bytes: the batch-1 forward
           reads half of float16's. Changes the results slightly (the model cards give the accuracy); opt-in.
 
@@ -484,7 +484,7 @@ class TCDCN(nn.Module):
         un-shifted and averaged, in one :func:`tcdcn_ext.ops.shift_average` call (eval mode, no gradients).
 
         Args:
-            crop: Tensor[N, 1, S + 2m, S + 2m] standardised crops (:func:`tcdcn_ext.averaging.shift_crops`).
+            crop: Tensor[N, 1, S + 2m, S + 2m] standardised crops (:func:`tcdcn_ext.inference.averaging.shift_crops`).
             shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` window shifts, ``|dx|, |dy| <= m``.
 
         Returns:

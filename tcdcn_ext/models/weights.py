@@ -60,7 +60,7 @@ def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] 
                  half: bool = True) -> dict[str, Any]:
     """Write ``path`` (``.pt``: config + state dict, fp16 storage when ``half``) and ``path.json`` with its
     sha256, the config and ``meta``. Returns the JSON record. Both files are written atomically (temp + fsync +
-    rename + folder fsync, :func:`tcdcn_ext.checkpoint.atomic_write`)."""
+    rename + folder fsync, :func:`tcdcn_ext.util.files.atomic_write`)."""
     path = Path(path)
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     blob = {"format": "tcdcn_ext/1", "config": model.config.to_dict(), "state_dict": state}
@@ -83,7 +83,7 @@ def load_model(name_or_path: str | os.PathLike = "5pt", device: str | torch.devi
 
     The file's sha256 is checked against the ``.json`` record beside it (when present; always for shipped
     weights) before it is read, and it is read with ``torch.load(weights_only=True)``
-    (:func:`tcdcn_ext.checkpoint.load_tensors`: a file with pickled code is refused, never run). The record's
+    (:func:`tcdcn_ext.util.files.load_tensors`: a file with pickled code is refused, never run). The record's
     ``config``, when it has one, must describe the architecture the ``.pt`` carries: a record that says one thing
     while the file builds another is refused rather than silently ignored. Raises :class:`WeightsError` naming the
     file on any problem. The model is returned in eval mode, float32; the shipped 5-point model with int8 inference

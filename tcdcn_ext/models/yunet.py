@@ -126,7 +126,7 @@ class YuNet(nn.Module):
         self.check_input(x)
         return self._run(x, _reference)
 
-    # The network's wiring, written once for both paths: ``impl`` is tcdcn_ext.ops or tcdcn_ext._reference (the
+    # The network's wiring, written once for both paths: ``impl`` is tcdcn_ext.ops or tcdcn_ext.ops._reference (the
     # same signatures).
     def _run(self, x: Tensor, impl: Any) -> list[Tensor]:
         def block(y: Tensor, b: Block, pool: bool, up: Tensor | None = None) -> Tensor:

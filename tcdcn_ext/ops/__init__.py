@@ -413,7 +413,7 @@ def shift_average(
             On the CPU the fc and heads may instead come in the locally connected layout, ``[1, 1, C, s, s, F]``
             and ``[1, 1, F, 1, 1, D]`` (float16 allowed with a float32 crop; biases ``[F]`` or ``[F, 1, 1]``):
             they then run on the locally connected kernels straight from the feature maps (TCDCN's inference
-            copies, :meth:`tcdcn_ext.model.TCDCN.predict_shift_average`).
+            copies, :meth:`tcdcn_ext.models.TCDCN.predict_shift_average`).
         num_points: ``P``.
 
     Returns:
@@ -583,7 +583,7 @@ torch.library.register_autograd("tcdcn_ext::lc_conv2d_stack", _fused_backward, s
 
 def _detector_backward(ctx, grad_output):
     raise RuntimeError("dw_separable and conv3x3_stride2_relu (the face detector's convolutions) are inference-only "
-                       "and have no backward; use tcdcn_ext._reference.dw_separable (torch.nn.functional) to train")
+                       "and have no backward; use tcdcn_ext.ops._reference.dw_separable (torch.nn.functional) to train")
 
 
 torch.library.register_autograd("tcdcn_ext::dw_separable", _detector_backward, setup_context=_fused_setup_context)

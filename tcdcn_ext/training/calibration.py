@@ -95,7 +95,7 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
         model: the landmark model used to choose between the maps (a name/path for ``load_model`` or a TCDCN);
             its number of points must match the split's.
         holdout: indices of the faces that choose the method (never used for fitting); default: the training
-            run's validation faces (``tcdcn_ext.train``: ``default_rng(seed + 1_000_003)``, seed 0, 5 % of a
+            run's validation faces (``tcdcn_ext.training.train``: ``default_rng(seed + 1_000_003)``, seed 0, 5 % of a
             5-point split, 10 % of a 68-point one, as the shipped models were trained).
         cache: ``.npz`` of the raw detections (computed once; 10,000 crops take several minutes).
 

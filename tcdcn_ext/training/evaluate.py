@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..models.landmarks import LANDMARK_NAMES_5, POSE_NAMES
+from ..util.files import atomic_write
 
 __all__ = [
     "LANDMARK_NAMES_5",
@@ -280,7 +280,7 @@ def evaluate_predictions(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "summary.json", summary)
-        _atomic_write_text(out / "summary.md", format_table(summary) + "\n")
+        _write_file(out / "summary.md", format_table(summary) + "\n")
         norm = "inter-ocular" if p == 5 else "outer-corner"
         plot_ced({label: err}, out / "ced.png", max_err=max(threshold, 1e-6), title=f"CED ({p} points, {norm})")
         if names is not None:
@@ -402,7 +402,7 @@ def plot_ced(
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"plot_ced: PNG encoding failed for {path}")
-    _atomic_write_bytes(path, buf.tobytes())
+    _write_file(path, buf.tobytes())
     return path
 
 
@@ -411,31 +411,12 @@ def plot_ced(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path`` (readers never see a partial file)."""
+def _write_file(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a result file atomically (:func:`tcdcn_ext.util.files.atomic_write`: readers never see a partial
+    file), making its folder first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+    atomic_write(path, lambda f: f.write(data.encode("utf-8") if isinstance(data, str) else data))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -463,7 +444,7 @@ def _jsonable(obj: Any) -> Any:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (temp file + rename); numpy types converted, NaN/inf -> null."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    _write_file(path, json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -510,7 +491,7 @@ def write_predictions_csv(
             row += [str(int(labels[i])), f"{chosen[i]:.4f}"]
         w.writerow(row)
     path = Path(path)
-    _atomic_write_text(path, buf.getvalue())
+    _write_file(path, buf.getvalue())
     return path
 
 
@@ -566,7 +547,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True,
                     mirror_average: bool = False) -> tuple[np.ndarray, dict]:
-    """Run ``model`` (a :class:`tcdcn_ext.model.TCDCN`) on every face of ``faceset`` with its annotated box.
+    """Run ``model`` (a :class:`tcdcn_ext.models.TCDCN`) on every face of ``faceset`` with its annotated box.
 
     Returns ``(points [N, P, 2] in each image's pixel coordinates, {task: probabilities [N, C]})``.
     """

@@ -6,7 +6,7 @@ Loss for a batch (Eq. 3)::
         + sum_{a active} lambda_a * mean_n CE(softmax(h_a(x_n)), c_n^a)  (auxiliary tasks)
         + weight_decay * ||W||^2 / 2                                   (L2, applied by the optimiser)
 
-Landmarks are in the box frame (``tcdcn_ext.model``); scaling by ``S`` puts the squared error in input pixels so
+Landmarks are in the box frame (``tcdcn_ext.models``); scaling by ``S`` puts the squared error in input pixels so
 that it is of the same order as the cross-entropies. ``--landmark-loss l1`` replaces the squared error by the
 absolute error (a robust variant, reported beside the paper's choice).
 
@@ -15,16 +15,16 @@ Eq. 3 would drive it to 0, so the learned form weights task a by ``exp(-s_a)`` a
 homoscedastic-uncertainty weighting of Kendall et al., 2018): lambda_a = exp(-s_a) is learned by gradient descent
 with the other parameters and cannot collapse.
 
-Task-wise early stopping (:class:`tcdcn_ext.early_stopping.TaskwiseEarlyStopping`) is evaluated once per epoch
+Task-wise early stopping (:class:`tcdcn_ext.training.early_stopping.TaskwiseEarlyStopping`) is evaluated once per epoch
 on the epoch's mean training loss and the validation loss of each auxiliary task; a stopped task contributes
 neither loss nor gradient from then on, and the epoch log records when each task stopped.
 
 Everything needed to resume (model, optimiser, early-stopping state, RNG states, history) is checkpointed
-atomically (temp file, fsync, rename, folder fsync: :mod:`tcdcn_ext.checkpoint`) at the end of every epoch;
+atomically (temp file, fsync, rename, folder fsync: :mod:`tcdcn_ext.util.files`) at the end of every epoch;
 ``--resume`` continues a killed run. The checkpoint holds only tensors, numbers, strings and plain containers and
 is read back with ``weights_only=True``: a planted checkpoint with pickled code is refused, not run.
 
-Data-parallel under ``torchrun`` (PyTorch DDP, gloo on the CPU; :mod:`tcdcn_ext.distributed`)::
+Data-parallel under ``torchrun`` (PyTorch DDP, gloo on the CPU; :mod:`tcdcn_ext.training.distributed`)::
 
     torchrun --nproc_per_node=2 --max-restarts=3 -m tcdcn_ext train --batch-size 64 --out runs/x --resume
 
@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     that would otherwise leak into everything the caller does next.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment, or a process group already initialised) the training
-    is data-parallel (:mod:`tcdcn_ext.distributed`): every rank runs the same schedule on its share of each global
+    is data-parallel (:mod:`tcdcn_ext.training.distributed`): every rank runs the same schedule on its share of each global
     batch of ``batch_size`` faces, DDP averages the gradients, rank 0 writes every file, and ``resume`` makes every
     rank continue from ``checkpoint.pt``. The summary is returned on every rank."""
     # Adam's second moments of the many small locally connected weights' gradients fall into the denormal
