@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from ..ops import as_shift_array
-from ..util.progress import progress_bar
 
 __all__ = ["DEFAULT_SHIFTS_20", "DEFAULT_SHIFTS_LOCAL", "default_shifts", "make_shifts", "predict_averaged", "predict_windows_reference", "shift_crops",
            "standardise_by_centre"]
@@ -160,29 +159,10 @@ def predict_averaged(model, images: Sequence[np.ndarray] | np.ndarray, boxes,
         return_probs: also return the averaged auxiliary-task probabilities ``{task: [N, C]}``.
         progress: print the number of faces done to stderr.
     """
-    from .boxes import from_box_frame
+    from .predict import predict_faces
 
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype == np.uint8:
-        images = [images]
-    images = list(images)
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if len(images) != len(b):
-        raise ValueError(f"predict_averaged: {len(images)} images but {len(b)} boxes")
-    sh = as_shift_array(default_shifts(model) if shifts is None else shifts)
-    margin = int(np.abs(sh).max())
-    device = next(model.parameters()).device
-    uv, probs = [], {}
-    bar = progress_bar(len(b), "averaged", progress, unit="face")
-    for i in range(0, len(b), batch_size):
-        crop = shift_crops(model, images[i:i + batch_size], b[i:i + batch_size], margin).to(device)
-        o = model.predict_shift_average(crop, sh)
-        uv.append(o.pop("landmarks").float().cpu().numpy())
-        for k, v in o.items():
-            probs.setdefault(k, []).append(v.float().cpu().numpy())
-        bar.update(min(len(b), i + batch_size) - i)
-    bar.close()
-    p = model.num_points
-    pts = from_box_frame(np.concatenate(uv) if uv else np.zeros((0, p, 2), np.float32), b)
+    shifts = default_shifts(model) if shifts is None else shifts
+    pts, probs = predict_faces(model, images, boxes, batch_size, shifts=shifts, progress=progress, desc="averaged")
     if return_probs:
-        return pts, {k: np.concatenate(v) for k, v in probs.items()}
+        return pts, probs
     return pts

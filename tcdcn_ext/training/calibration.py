@@ -75,15 +75,11 @@ def match_detections(images: list[np.ndarray], boxes: np.ndarray, detector: Call
 
 
 def _landmark_error(model, images, boxes, gt) -> np.ndarray:
-    import torch
+    from ..inference.predict import predict_faces
+    from . import evaluate
 
-    from ..training import evaluate
-    from .boxes import from_box_frame
-
-    with torch.inference_mode():
-        uv = model.predict(model.preprocess(images, boxes))["landmarks"].numpy()
-    norm = "inter_ocular" if gt.shape[1] == 5 else "outer_corners"
-    return evaluate.landmark_errors(from_box_frame(uv, boxes), gt, norm)
+    pts, _ = predict_faces(model, images, boxes)
+    return evaluate.landmark_errors(pts, gt, "inter_ocular" if gt.shape[1] == 5 else "outer_corners")
 
 
 def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,

@@ -551,21 +551,7 @@ def predict_faceset(model, faceset, batch_size: int = 512, progress: bool = True
 
     Returns ``(points [N, P, 2] in each image's pixel coordinates, {task: probabilities [N, C]})``.
     """
-    from ..inference.boxes import from_box_frame
-    from ..util.progress import progress_bar
+    from ..inference.predict import predict_faces
 
-    n = len(faceset)
-    bar = progress_bar(n, "evaluating", progress, unit="face")
-    pts = np.empty((n, model.num_points, 2), np.float32)
-    probs: dict[str, list[np.ndarray]] = {}
-    for i in range(0, n, batch_size):
-        sl = slice(i, min(i + batch_size, n))
-        x = model.preprocess(faceset.images[sl], faceset.boxes[sl])
-        out = model.predict(x, mirror_average=mirror_average)
-        pts[sl] = from_box_frame(out["landmarks"].numpy(), faceset.boxes[sl])
-        for k, v in out.items():
-            if k != "landmarks":
-                probs.setdefault(k, []).append(v.numpy())
-        bar.update(sl.stop - sl.start)
-    bar.close()
-    return pts, {k: np.concatenate(v) for k, v in probs.items()}
+    return predict_faces(model, faceset.images, faceset.boxes, batch_size, mirror_average=mirror_average,
+                         progress=progress, desc="evaluating")
