@@ -65,6 +65,7 @@ __all__ = [
     "Epilogue",
     "LC_EPILOGUES",
     "abs_tanh",
+    "as_pair",
     "conv3x3_stride2_relu",
     "cpu_isa",
     "dw_separable",
@@ -124,7 +125,9 @@ def use_cpu_isa(name: str) -> Iterator[None]:
 # Layout helpers
 
 
-def _pair(v: int | Sequence[int], name: str) -> list[int]:
+def as_pair(v: int | Sequence[int], name: str) -> list[int]:
+    """``v`` (an int or a pair of ints: a kernel size, stride, padding) as ``[a, b]``; ``ValueError`` naming
+    ``name`` otherwise."""
     if isinstance(v, int):
         return [v, v]
     v = [int(x) for x in v]
@@ -138,8 +141,8 @@ def lc_output_size(
     padding: int | Sequence[int] = 0,
 ) -> tuple[int, int]:
     """``(H_out, W_out)`` of a locally connected layer on an ``input_size = (H, W)`` input."""
-    (h, w), (kh, kw) = _pair(input_size, "input_size"), _pair(kernel_size, "kernel_size")
-    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    (h, w), (kh, kw) = as_pair(input_size, "input_size"), as_pair(kernel_size, "kernel_size")
+    (sh, sw), (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding")
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
@@ -185,7 +188,7 @@ def lc_conv2d(
     """
     if weight.dtype == torch.float16:
         _refuse_grad("lc_conv2d with a float16 weight", "a float32 weight", input, weight, bias)
-    return _ops.lc_conv2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+    return _ops.lc_conv2d(input, weight, bias, as_pair(stride, "stride"), as_pair(padding, "padding"))
 
 
 def _refuse_grad(op: str, training_form: str, *tensors: Tensor | None) -> None:
@@ -207,7 +210,7 @@ def lc_conv2d_abs_tanh(
     Takes the arguments of :func:`lc_conv2d`, a float16 weight included (CPU).
     """
     _refuse_grad("lc_conv2d_abs_tanh", "abs_tanh(lc_conv2d(...))", input, weight, bias)
-    return _ops.lc_conv2d_abs_tanh(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+    return _ops.lc_conv2d_abs_tanh(input, weight, bias, as_pair(stride, "stride"), as_pair(padding, "padding"))
 
 
 def lc_conv2d_abs_tanh_maxpool2d(
@@ -223,7 +226,7 @@ def lc_conv2d_abs_tanh_maxpool2d(
     W_out // 2] with channels-last strides. NaN propagates like ``max_pool2d``.
     """
     _refuse_grad("lc_conv2d_abs_tanh_maxpool2d", "max_pool2d(abs_tanh(lc_conv2d(...)), 2)", input, weight, bias)
-    return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, _pair(stride, "stride"), _pair(padding, "padding"))
+    return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, as_pair(stride, "stride"), as_pair(padding, "padding"))
 
 
 #: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes: :class:`Epilogue`).

@@ -49,10 +49,10 @@ class LocallyConnected2d(nn.Module):
         super().__init__()
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = tuple(ops._pair(kernel_size, "kernel_size"))
-        self.input_size = tuple(ops._pair(input_size, "input_size"))
-        self.stride = tuple(ops._pair(stride, "stride"))
-        self.padding = tuple(ops._pair(padding, "padding"))
+        self.kernel_size = tuple(ops.as_pair(kernel_size, "kernel_size"))
+        self.input_size = tuple(ops.as_pair(input_size, "input_size"))
+        self.stride = tuple(ops.as_pair(stride, "stride"))
+        self.padding = tuple(ops.as_pair(padding, "padding"))
         h_out, w_out = ops.lc_output_size(self.input_size, self.kernel_size, self.stride, self.padding)
         if h_out < 1 or w_out < 1 or min(self.kernel_size) < 1 or min(self.stride) < 1:
             raise ValueError(
