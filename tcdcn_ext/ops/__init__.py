@@ -475,7 +475,7 @@ def _lc_conv2d_stack_fake(input, weight, bias, epilogue):
             c, h, w = wt.shape[5], wt.shape[0], wt.shape[1]
         else:
             c, h, w = wt.shape[0], h - wt.shape[2] + 1, w - wt.shape[3] + 1
-        if e in (2, 4):
+        if e in (Epilogue.ABS_TANH_MAXPOOL, Epilogue.RELU_MAXPOOL):
             h, w = h // 2, w // 2
     return torch.empty((input.shape[0], c, h, w), dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last)
