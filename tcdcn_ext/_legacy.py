@@ -29,7 +29,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "folder_align": ("inference.folder_align",),
     "tracking": ("inference.tracking",),
     "data": ("training.datasets", "inference.preprocess", "inference.boxes", "training.augment", "models.landmarks"),
-    "evaluate": ("training.evaluate",),
+    "evaluate": ("training.evaluate", "training.reports"),
     "early_stopping": ("training.early_stopping",),
     "distributed": ("training.distributed",),
     "train": ("training.train",),  # (its main() and build_parser(): tcdcn_ext.cli.train_main, train_parser)

@@ -411,6 +411,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     from .training.datasets import load_staged
     from .models import load_model
     from .training import evaluate as ev
+    from .training import reports
     from .training.train import default_data_root
 
     if args.threads > 0:
@@ -439,13 +440,13 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     summary["model"], summary["data"], summary["faces"] = str(args.model), str(split), len(fs)
     err = ev.landmark_errors(pred, fs.landmarks, "inter_ocular" if model.num_points == 5 else "outer_corners")
     if args.json:
-        ev.write_json(args.json, summary)
+        reports.write_json(args.json, summary)
     if args.plot:
-        ev.plot_ced({str(args.model): err}, args.plot, title=f"CED on {split.name} ({len(fs)} faces)")
+        reports.plot_ced({str(args.model): err}, args.plot, title=f"CED on {split.name} ({len(fs)} faces)")
     if args.predictions:
         pa = {k: (v.argmax(1), v) for k, v in probs.items()}
-        ev.write_predictions_csv(args.predictions, [Path(n).name for n in fs.names], pred, pa)
-    print(ev.format_table(summary))
+        reports.write_predictions_csv(args.predictions, [Path(n).name for n in fs.names], pred, pa)
+    print(reports.format_table(summary))
     return 0
 
 
