@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..util.files import atomic_write, fsync_dir
+from ..util.progress import progress_bar
 
 __all__ = ["COLUMNS", "FolderStats", "align_folder", "arrow_schema", "error_row", "face_columns", "list_images"]
 
@@ -273,8 +274,6 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, aligner_kwargs
     """
     import time
 
-    from tqdm import tqdm
-
     from .aligner import Aligner
 
     t0 = time.perf_counter()
@@ -297,8 +296,7 @@ def align_folder(root: str | os.PathLike, out: str | os.PathLike, aligner_kwargs
     todo = [f for f in files if f not in sink.done]
     skipped = len(files) - len(todo)
     stats = FolderStats(len(files), skipped, 0, 0, 0, 0.0)
-    bar = tqdm(total=len(files), initial=skipped, unit="img", disable=not progress, desc="tcdcn-align",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(len(files), "tcdcn-align", progress, unit="img", initial=skipped)
     tasks_iter = ((str(root), chunk) for chunk in _chunks(todo, int(batch_size)))
     pool = None
     complete = False

@@ -492,13 +492,13 @@ class TCDCN(nn.Module):
             (the mean over shifts of each window's prediction moved back by its shift) and, per auxiliary task,
             the mean over shifts of the softmax probabilities.
         """
-        stack = self.stack_layers()
-        if stack is None:
+        conv = self._conv_modules()
+        if conv is None:
             raise ValueError("predict_shift_average: the model's conv layers are no longer those of its description "
                              "(conv layers must have stride 1 and no padding, each with the activation and "
                              "optionally a 2x2 max pooling)")
         tasks = list(self.aux_heads)
-        n = len(stack) - 2  # the convolutional layers
+        n = len(conv)
         plan = None if self.training else self._inference_plan(crop)
         if plan is not None:
             # The CPU inference copies (float16 where exact): the conv layers, then the fc and the stacked heads in
@@ -507,7 +507,7 @@ class TCDCN(nn.Module):
             fc_w, fc_b, head_w, head_b = weights[n], biases[n], weights[n + 1], biases[n + 1]
             weights, biases = weights[:n], biases[:n]
         else:
-            weights, biases = [layer.weight for layer in stack[:n]], [layer.bias for layer in stack[:n]]
+            weights, biases = [m.weight for _, (m, *_) in conv], [m.bias for _, (m, *_) in conv]
             heads = [h for _, h in self.named_heads()]
             fc_w, fc_b = self.fc.weight, self.fc.bias
             head_w, head_b = torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads])
