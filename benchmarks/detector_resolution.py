@@ -26,7 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tcdcn_ext.detect import CALIBRATION_68PT, YuNetDetector, _iou, calibrate_boxes  # noqa: E402
+from tcdcn_ext.inference.boxes import box_iou as _iou  # noqa: E402
+from tcdcn_ext.inference.detector import CALIBRATION_68PT, YuNetDetector, calibrate_boxes  # noqa: E402
 
 
 def load_scenes(folder: Path, limit: int | None) -> list[tuple[Path, np.ndarray]]:

@@ -40,8 +40,10 @@ sys.path.insert(0, str(ROOT))
 
 from tcdcn_ext import data, evaluate  # noqa: E402
 from tcdcn_ext.aligner import Aligner  # noqa: E402
-from tcdcn_ext.detect import (CALIBRATION_5PT, CALIBRATION_68PT, Detections, YuNetDetector, _iou, calibrate_boxes,  # noqa: E402
-                              match_detections)
+from tcdcn_ext.inference.boxes import box_iou as _iou  # noqa: E402
+from tcdcn_ext.inference.detector import (CALIBRATION_5PT, CALIBRATION_68PT, Detections, YuNetDetector,  # noqa: E402
+                                          calibrate_boxes)
+from tcdcn_ext.training.calibration import match_detections  # noqa: E402
 from tcdcn_ext.tracking import measure_jitter, synthetic_static_video  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
