@@ -143,7 +143,8 @@ def _roll_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """The model's box for a face from its landmarks ``[P, 2]`` -> ``[4]``: the MTFL box model for 5 points
-    (:func:`tcdcn_ext.inference.boxes.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged convention)."""
+    (:func:`tcdcn_ext.inference.boxes.predict_boxes_5pt`), the landmark extent for 68 points (the 300-W staged
+    convention)."""
     p = np.asarray(landmarks, np.float64)
     if len(p) == 5:
         return predict_boxes_5pt(p[None])[0]
@@ -189,12 +190,12 @@ class Aligner:
         device: torch device of the model; ``"cpu"`` by default.
         averaged: TCDCN-Averaged: average the landmarks and attribute probabilities over the network run on shifted
             input windows (``shifts``), in one :func:`tcdcn_ext.ops.shift_average` call per batch.
-        detector: ``"auto"`` or ``"yunet"`` (the bundled YuNet detector, :class:`tcdcn_ext.inference.detector.YuNetDetector`),
-            ``"none"``, or a callable ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` |
-            ``(boxes, scores, points [N, 5, 2])``. (``"yuface"``, the earlier releases' detector, names YuNet.)
+        detector: ``"auto"`` or ``"yunet"`` (the bundled YuNet detector,
+            :class:`tcdcn_ext.inference.detector.YuNetDetector`), ``"none"``, or a callable
+            ``f(rgb uint8 [H, W, 3]) -> boxes [N, 4]`` | ``(boxes, scores)`` | ``(boxes, scores, points [N, 5, 2])``. (``"yuface"``, the earlier releases' detector, names YuNet.)
         min_score: detector confidence threshold in ``[0, 1]``.
-        calibrate: map YuNet's boxes to the model's box convention (:mod:`tcdcn_ext.inference.detector`); ignored for other
-            detectors and for boxes you pass.
+        calibrate: map YuNet's boxes to the model's box convention (:mod:`tcdcn_ext.inference.detector`); ignored
+            for other detectors and for boxes you pass.
         max_side: YuNet sees a copy of the image downscaled to at most this many pixels on its longest side (None:
             full resolution); the landmarks are read on the full-resolution pixels. See
             :class:`~tcdcn_ext.inference.detector.YuNetDetector` for the trade-off and the default.
@@ -212,7 +213,8 @@ class Aligner:
         model: a shipped name (``"5pt"``), a ``.pt`` path or a :class:`~tcdcn_ext.models.TCDCN` (copied: the
             caller's module is left as it is); default ``f"{points}pt"``.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
-            (default :func:`tcdcn_ext.inference.averaging.default_shifts`: 20 shifts chosen by validation for the model).
+            (default :func:`tcdcn_ext.inference.averaging.default_shifts`: 20 shifts chosen by validation for
+            the model).
         refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
             align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
             failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
@@ -455,8 +457,8 @@ class Aligner:
         landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
-        faces = list(map(Face.with_lazy_attributes, boxes, scores, landmarks, itertools.repeat(AttributeTable(probs), n),
-                         range(n)))
+        table = AttributeTable(probs)
+        faces = list(map(Face.with_lazy_attributes, boxes, scores, landmarks, itertools.repeat(table, n), range(n)))
         return _group_by_image(jobs, faces)
 
     def _level_tilted(self, jobs: list[_Job], pairs: list, pts: np.ndarray, probs: dict[str, np.ndarray]) -> None:

@@ -22,7 +22,8 @@ Definitions, for a face with the given box ``b`` and a model of input side ``S``
 that the fused op is tested against.
 
 :func:`default_shifts` gives the pattern chosen by validation on held-out training faces (never the test set) for
-each kind of network; see ``docs/RESULTS_68pt.md`` and ``docs/RESULTS.md``. :func:`make_shifts` builds the patterns that were compared.
+each kind of network; see ``docs/RESULTS_68pt.md`` and ``docs/RESULTS.md``. :func:`make_shifts` builds the patterns that
+were compared.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def default_shifts(model) -> np.ndarray:
 
 def standardise_by_centre(crop: Tensor, size: int, eps: float = 1e-6) -> Tensor:
     """``(crop - mean) / (std + eps)`` per face, with the statistics of the centred ``size x size`` window of
-    ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.inference.preprocess.normalise` does for a plain input)."""
+    ``crop [N, 1, H, W]`` (computed in float64, as :func:`tcdcn_ext.inference.preprocess.normalise` does for a plain
+    input)."""
     m = (crop.shape[-2] - size) // 2, (crop.shape[-1] - size) // 2
     centre = crop[..., m[0]:m[0] + size, m[1]:m[1] + size].double()
     mean = centre.mean(dim=(-2, -1), keepdim=True)

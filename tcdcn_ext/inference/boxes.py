@@ -21,8 +21,8 @@ import numpy as np
 if TYPE_CHECKING:
     from ..training.datasets import FaceSet
 
-__all__ = ["MTFL_BOX_MODEL", "box_iou", "box_matrices", "box_to_input_matrix", "fit_box_model", "from_box_frame", "predict_boxes_5pt",
-           "scale_boxes", "to_box_frame"]
+__all__ = ["MTFL_BOX_MODEL", "box_iou", "box_matrices", "box_to_input_matrix", "fit_box_model", "from_box_frame",
+           "predict_boxes_5pt", "scale_boxes", "to_box_frame"]
 
 #: Least-squares model predicting a square face box from 5 landmarks (rows: bias, nose-offset feature; columns:
 #: box-centre offset along the face's x axis, along its y axis, box side), all in units of the landmarks' RMS

@@ -66,7 +66,8 @@ class Pixels:
 
     def grey_region(self, x0: int, y0: int, x1: int, y1: int, scale: float = 1.0) -> np.ndarray:
         """float32 grey ``[h, w]`` of rows ``y0:y1``, columns ``x0:x1`` (inside the image), shrunk by ``scale``
-        (``INTER_AREA``, on the 8-bit pixels) when ``scale < 1``; ITU-R 601 weights as :func:`tcdcn_ext.inference.preprocess.grey`.
+        (``INTER_AREA``, on the 8-bit pixels) when ``scale < 1``; ITU-R 601 weights as
+        :func:`tcdcn_ext.inference.preprocess.grey`.
 
         The grey conversion is done on 8-bit pixels (OpenCV's fixed point, rounded to integer levels) rather than
         in float: it is several times faster, and the rounding (<= 0.5 grey level) is far below JPEG noise.

@@ -198,8 +198,8 @@ def _face_inputs(pix: Pixels, box: np.ndarray, out: np.ndarray) -> None:
 
 def _standardise(x: np.ndarray, eps: float = 1e-6) -> torch.Tensor:
     """Per-patch ``(p - mean) / (std + eps)`` of float32 ``[N, S, S]``, in place, returned as a tensor (as
-    :func:`tcdcn_ext.inference.preprocess.normalise`, which accumulates in float64; float32 here differs by ~1e-6; the sum of squares
-    by ``einsum`` is 6x faster than ``torch.std`` on one thread)."""
+    :func:`tcdcn_ext.inference.preprocess.normalise`, which accumulates in float64; float32 here differs by ~1e-6; the
+    sum of squares by ``einsum`` is 6x faster than ``torch.std`` on one thread)."""
     flat = x.reshape(len(x), -1)
     flat -= flat.mean(axis=1, keepdims=True)
     flat /= (np.sqrt(np.einsum("ij,ij->i", flat, flat) / flat.shape[1]) + eps)[:, None]

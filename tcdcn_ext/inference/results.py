@@ -36,9 +36,9 @@ class Attribute:
 class Face:
     """A face: ``box`` ``(x0, y0, x1, y1)`` (the detector's box, or the box you gave), detector ``score`` in
     ``[0, 1]`` (1.0 for given boxes), ``landmarks`` float32 ``[P, 2]`` image pixels (read-only; 5-point order:
-    :data:`tcdcn_ext.models.landmarks.LANDMARK_NAMES_5`) and ``attributes`` (pose, gender, glasses, smile; ``{}`` when the model
-    has no auxiliary heads; for an Aligner's faces built on first read, so that a batch whose attributes are not
-    looked at does not pay for them). Equality compares all fields (landmarks exactly)."""
+    :data:`tcdcn_ext.models.landmarks.LANDMARK_NAMES_5`) and ``attributes`` (pose, gender, glasses, smile; ``{}`` when
+    the model has no auxiliary heads; for an Aligner's faces built on first read, so that a batch whose attributes are
+    not looked at does not pay for them). Equality compares all fields (landmarks exactly)."""
 
     box: tuple[float, float, float, float]
     score: float

@@ -15,8 +15,8 @@ decoded, detected and aligned with one batched forward for all faces of the batc
 encoded files (a ``bytes`` column, from ``read_binary_files``: an unreadable file becomes a row with ``error``),
 decoded images (an ``image`` column of ``[H, W, 3]`` RGB arrays, from ``read_images``) or paths (a ``path`` column
 alone, read by the actor), in any ``batch_format``. The rows come back as an Arrow table with the columns of
-``tcdcn-align DIR --out`` (:data:`tcdcn_ext.inference.folder_align.COLUMNS`: ``file`` is the ``path`` column when there is
-one, then size, error, ``boxes``, ``scores``, ``landmarks`` and one label and one probability column per attribute
+``tcdcn-align DIR --out`` (:data:`tcdcn_ext.inference.folder_align.COLUMNS`: ``file`` is the ``path`` column when there
+is one, then size, error, ``boxes``, ``scores``, ``landmarks`` and one label and one probability column per attribute
 task), so Ray's output and the folder CLI's can be read by the same code.
 """
 

@@ -145,7 +145,8 @@ class TCDCN(nn.Module):
         return self.config.input_size
 
     def set_inference_weights(self, dtype: InferenceWeights) -> "TCDCN":
-        """How the one-op CPU inference path (:func:`~tcdcn_ext.models.plan.build_plan`) stores its weights; returns ``self``.
+        """How the one-op CPU inference path (:func:`~tcdcn_ext.models.plan.build_plan`) stores its weights; returns
+        ``self``.
 
         That path (eval mode, no gradients, float32 on the CPU) reads every weight once per batch; at batch 1
         the read is most of the forward's time, and float16 storage halves it. The kernels widen each float16

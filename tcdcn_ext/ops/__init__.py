@@ -26,8 +26,8 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
 
 ``lc_conv2d_stack(input, weight, bias, epilogue)``
-    Several convolutional layers (locally connected or shared; stride 1, no padding) in one call, each with its epilogue (none, |tanh|,
-    or |tanh| and 2x2 max pooling): the ops above called in turn, inference only, CPU only.
+    Several convolutional layers (locally connected or shared; stride 1, no padding) in one call, each with its epilogue
+    (none, |tanh|, or |tanh| and 2x2 max pooling): the ops above called in turn, inference only, CPU only.
 
 ``shift_average(crop, shifts, window, ...)``
     TCDCN-Averaged in one op, inference only: a whole network (conv layers, fc, heads) run on ``K`` shifted
@@ -226,7 +226,8 @@ def lc_conv2d_abs_tanh_maxpool2d(
     W_out // 2] with channels-last strides. NaN propagates like ``max_pool2d``.
     """
     _refuse_grad("lc_conv2d_abs_tanh_maxpool2d", "max_pool2d(abs_tanh(lc_conv2d(...)), 2)", input, weight, bias)
-    return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, as_pair(stride, "stride"), as_pair(padding, "padding"))
+    return _ops.lc_conv2d_abs_tanh_maxpool2d(input, weight, bias, as_pair(stride, "stride"),
+                                             as_pair(padding, "padding"))
 
 
 #: Epilogues of :func:`lc_conv2d_stack`, by name (the op's codes: :class:`Epilogue`).

@@ -18,7 +18,8 @@ __all__ = ["fit_box_calibration", "match_detections"]
 
 
 class _PointsAndBoxes:
-    """The two FaceSet attributes :func:`tcdcn_ext.inference.boxes.fit_box_model` reads (detector points, annotated boxes)."""
+    """The two FaceSet attributes :func:`tcdcn_ext.inference.boxes.fit_box_model` reads (detector points, annotated
+    boxes)."""
 
     def __init__(self, landmarks: np.ndarray, boxes: np.ndarray) -> None:
         self.landmarks, self.boxes = landmarks, boxes

@@ -34,8 +34,8 @@ A stopped task stays stopped. For tasks whose ``lambda`` is learned, pass the cu
 
 Data-parallel training: every rank keeps its own stopper and must switch a task off at the same step, or the ranks'
 losses (and DDP's set of used parameters) would part. The training loop therefore feeds :meth:`update` with losses
-all-reduced over the ranks (:func:`tcdcn_ext.training.distributed.all_reduce_sums`: the same float64 bits everywhere), never
-with a rank's own share, and :func:`check_ranks_agree` verifies the outcome after every update.
+all-reduced over the ranks (:func:`tcdcn_ext.training.distributed.all_reduce_sums`: the same float64 bits everywhere),
+never with a rank's own share, and :func:`check_ranks_agree` verifies the outcome after every update.
 """
 
 from __future__ import annotations

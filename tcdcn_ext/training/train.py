@@ -240,9 +240,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     that would otherwise leak into everything the caller does next.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment, or a process group already initialised) the training
-    is data-parallel (:mod:`tcdcn_ext.training.distributed`): every rank runs the same schedule on its share of each global
-    batch of ``batch_size`` faces, DDP averages the gradients, rank 0 writes every file, and ``resume`` makes every
-    rank continue from ``checkpoint.pt``. The summary is returned on every rank."""
+    is data-parallel (:mod:`tcdcn_ext.training.distributed`): every rank runs the same schedule on its share of each
+    global batch of ``batch_size`` faces, DDP averages the gradients, rank 0 writes every file, and ``resume`` makes
+    every rank continue from ``checkpoint.pt``. The summary is returned on every rank."""
     # Adam's second moments of the many small locally connected weights' gradients fall into the denormal
     # range, where x86 arithmetic is ~50x slower: flush them (measured: 410 -> 58 ms per 64-face step).
     threads = torch.get_num_threads()
