@@ -1,5 +1,10 @@
 """The network's input: a face box resampled to ``S x S`` grey pixels and standardised (zero mean, unit standard
-deviation per face). The one preprocessing of training, evaluation and inference.
+deviation per face).
+
+Two samplers: :func:`make_inputs` (OpenCV's ``warpAffine`` on float grey: training, the augmenter at identity,
+evaluation, :meth:`TCDCN.preprocess`, the averaged crops; the same bits for all of them) and :func:`face_inputs` (the
+``face_patches`` op on 8-bit pixels, an area shrink first for faces over ``3 S``: the Aligner), which agree with it
+to ~1e-3 (``tests/test_ops.py::test_face_patches_matches_the_training_warp``).
 
 Coordinate conventions (the same as ``shared/data/README.md``):
 

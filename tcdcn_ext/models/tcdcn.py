@@ -1,4 +1,5 @@
-"""The TCDCN network (Zhang, Luo, Loy, Tang, ECCV 2014) and the loader of the shipped weights.
+"""The TCDCN network (Zhang, Luo, Loy, Tang, ECCV 2014): its configuration and the module, built from the layer
+description (:mod:`tcdcn_ext.models.layers`), with its inference paths. Weights I/O: :mod:`tcdcn_ext.models.weights`.
 
 Architecture (paper Fig. 2 / Sec. 3): a grey face, per-image normalised (zero mean, unit std), of
 ``input_size`` x ``input_size`` pixels (paper: 40) -> four convolutional layers with |tanh| activations and 2x2
