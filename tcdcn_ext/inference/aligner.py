@@ -407,11 +407,14 @@ class Aligner:
 
         show = len(chunks) > 4 and bool(self.progress if self.progress is not None else sys.stderr.isatty())
         outs = []
-        with progress_bar(len(pairs), "aligning", show, unit="face") as bar:
-            for chunk in chunks:
-                x = face_inputs(chunk, side)  # [F, 1, side, side]
-                outs.append(self._forward_averaged(x) if averaged else self._forward(x))
+        bar = progress_bar(len(pairs), "aligning", unit="face") if show else None  # (none at all on the batch-1 path)
+        for chunk in chunks:
+            x = face_inputs(chunk, side)  # [F, 1, side, side]
+            outs.append(self._forward_averaged(x) if averaged else self._forward(x))
+            if bar is not None:
                 bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         if len(outs) == 1:
             uv, probs = outs[0]
         else:
