@@ -1,5 +1,5 @@
 """Landmarks on images. Depends on :mod:`tcdcn_ext.models`, :mod:`tcdcn_ext.ops` and :mod:`tcdcn_ext.util` (and on
-OpenCV): nothing here imports :mod:`tcdcn_ext.training`.
+OpenCV): nothing here imports :mod:`tcdcn_ext.training` (:mod:`.boxes` names its FaceSet in a type hint only).
 
 * :mod:`.images`: any image input -> checked 8-bit :class:`~.images.Pixels`, or :class:`~.images.ImageError`;
 * :mod:`.boxes`: the box frame, box -> input maps, IoU, the MTFL box model;
