@@ -151,21 +151,43 @@ class Face:
         }
 
 
+def _mtfl_box_or(points5: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    try:
+        return data.predict_boxes_5pt(np.asarray(points5, np.float64)[None])[0]
+    except ValueError:
+        return np.asarray(fallback, np.float64)
+
+
 class _AttributeTable:
     """The class probabilities ``{task: [F, C]}`` of one Aligner call, turned into :class:`Attribute` objects only
     for the faces whose ``attributes`` are read: building all of them (four frozen dataclasses and dicts per face)
     took ~6 us a face, a third of the batched forward pass."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ("_tasks", "_compute")
 
-    def __init__(self, probs: dict[str, np.ndarray]) -> None:
+    def __init__(self, probs: dict[str, np.ndarray] | None = None,
+                 compute: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
+        """``probs``, or ``compute``: a function giving them, called once, when the first face's attributes are
+        read (the attribute network's pass over the call's faces runs only for calls whose attributes are used)."""
+        self._tasks = None if probs is None else self._table(probs)
+        self._compute = compute
+
+    @staticmethod
+    def _table(probs: dict[str, np.ndarray]) -> tuple:
         tasks = []
         for t, p in probs.items():
             names = ATTRIBUTE_LABELS.get(t)
             if names is None or len(names) != p.shape[1]:
                 names = tuple(str(i) for i in range(p.shape[1]))
             tasks.append((t, names, p))
-        self.tasks = tuple(tasks)
+        return tuple(tasks)
+
+    @property
+    def tasks(self) -> tuple:
+        if self._tasks is None:
+            self._tasks = self._table(self._compute() if self._compute is not None else {})
+            self._compute = None
+        return self._tasks
 
     def attributes(self, index: int) -> dict[str, Attribute]:
         out = {}
@@ -656,6 +678,13 @@ class Aligner:
         refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
             align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
             failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
+        attributes: where ``Face.attributes`` come from. ``"auto"`` (default): the shipped attribute network
+            (:mod:`tcdcn_ext.attributes`, trained for them: balanced accuracy and calibration in
+            ``weights/ATTRIBUTES.md``) for the 5-point model, the model's own auxiliary heads otherwise;
+            ``"network"``: that network (5-point model only); ``"heads"``: the TCDCN auxiliary heads (near chance
+            for gender and glasses, see the model card); an :class:`~tcdcn_ext.attributes.AttributeNet` or a path to
+            its weights. The network reads each face from the MTFL box of its final landmarks, once per call, when
+            the first face's ``attributes`` are read.
         batch_size: faces per forward pass in :meth:`align_batch` (bounds memory for huge batches).
         progress: progress lines on stderr for long batches (None: only when stderr is a terminal).
 
@@ -669,7 +698,8 @@ class Aligner:
                  shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
                  batch_size: int = 512, progress: bool | None = None,
                  max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
-                 derotate: bool = True, search_rotations: bool = False) -> None:
+                 derotate: bool = True, search_rotations: bool = False,
+                 attributes: str | os.PathLike | Any = "auto") -> None:
         if points not in (5, 68):
             raise ValueError(f"points must be 5 or 68, got {points!r}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -715,6 +745,44 @@ class Aligner:
         self.calibration = ({5: CALIBRATION_5PT, 68: CALIBRATION_68PT}[points]
                             if calibrate and isinstance(self._detect, YuNetDetector) else None)
         self.attribute_tasks = [t for t in self.model.config.aux_tasks]
+        self.attribute_net = self._attribute_net(attributes)
+
+    def _attribute_net(self, choice: Any):
+        from . import attributes as attr
+
+        if isinstance(choice, attr.AttributeNet):
+            net = copy.deepcopy(choice)
+        elif isinstance(choice, str) and choice in ("auto", "network", "heads"):
+            if choice == "heads" or (choice == "auto" and (self.points != 5
+                                                           or not attr.shipped_attribute_net_available())):
+                return None
+            if self.points != 5:
+                raise ValueError("attributes='network': the attribute network reads MTFL face boxes, made from 5 "
+                                 "landmarks; use points=5 (or attributes='heads')")
+            net = attr.load_attribute_net()
+        elif isinstance(choice, (str, os.PathLike)):
+            if self.points != 5:
+                raise ValueError("attributes=<weights>: the attribute network needs the 5-point model")
+            net = attr.load_attribute_net(choice)
+        else:
+            raise ValueError(f"attributes must be 'auto', 'network', 'heads', an AttributeNet or a weights path, "
+                             f"got {choice!r}")
+        return net.to(self.device).eval()
+
+    def _attribute_probs(self, pairs: list[tuple["_Pixels", np.ndarray]]) -> dict[str, np.ndarray]:
+        """The attribute network's class probabilities for faces ``(pixels, MTFL box)``, in ``batch_size``
+        chunks."""
+        from .attributes import attribute_probabilities
+
+        net = self.attribute_net
+        size, context = net.config.input_size, net.config.context
+        outs: list[dict[str, np.ndarray]] = []
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = [(pix, data.scale_boxes(np.asarray(b, np.float64).reshape(1, 4), context)[0])
+                     for pix, b in pairs[i:i + self.batch_size]]
+            x = _batch_inputs(chunk, size).to(self.device)
+            outs.append(attribute_probabilities(net, x))
+        return {t: np.concatenate([o[t] for o in outs]) for t in net.config.tasks}
 
     def __repr__(self) -> str:
         return (f"Aligner(points={self.points}, device={str(self.device)!r}, averaged={self.averaged}, "
@@ -877,6 +945,17 @@ class Aligner:
         if self.derotate:
             self._level_tilted(jobs, pairs, pts, probs)
         n = len(pairs)
+        if self.attribute_net is not None:
+            # The MTFL box of each face's final landmarks (in the pixels it was read from), as the network's
+            # training crops were framed; the pass itself waits for the first read of an attributes field.
+            try:
+                mtfl = data.predict_boxes_5pt(np.asarray(pts, np.float64))
+            except ValueError:  # some face's landmarks are degenerate: that face keeps the box it was read with
+                mtfl = np.array([_mtfl_box_or(pts[i], pairs[i][1]) for i in range(n)])
+            attr_pairs = [(pairs[i][0], mtfl[i]) for i in range(n)]
+            table = _AttributeTable(compute=lambda: self._attribute_probs(attr_pairs))
+        else:
+            table = _AttributeTable(probs)
         pts = np.ascontiguousarray(pts)  # (its own array: the faces' landmarks are read-only rows of it)
         f = 0
         for job in jobs:  # de-rotated faces: landmarks from the upright copy back into the image
@@ -887,7 +966,7 @@ class Aligner:
         landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
-        faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(_AttributeTable(probs), n),
+        faces = list(map(Face._from_call, boxes, scores, landmarks, itertools.repeat(table, n),
                          range(n)))
         return _group_by_image(jobs, faces)
 

@@ -1,5 +1,5 @@
-"""Command-line entry points: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-eval``, ``tcdcn-export`` (also
-``python -m tcdcn_ext``)."""
+"""Command-line entry points: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-train-attributes``, ``tcdcn-eval``,
+``tcdcn-export`` (also ``python -m tcdcn_ext``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["align_main", "eval_main", "export_main", "main", "train_main"]
+__all__ = ["align_main", "eval_main", "export_main", "main", "train_attributes_main", "train_main"]
 
 
 def align_main(argv: Sequence[str] | None = None) -> int:
@@ -22,6 +22,13 @@ def align_main(argv: Sequence[str] | None = None) -> int:
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``tcdcn-train``: train a model (see ``tcdcn-train --help``)."""
     from .train import main as _main
+
+    return _main(argv)
+
+
+def train_attributes_main(argv: Sequence[str] | None = None) -> int:
+    """``tcdcn-train-attributes``: train the attribute network (see ``tcdcn-train-attributes --help``)."""
+    from .attributes import main as _main
 
     return _main(argv)
 
@@ -51,11 +58,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--inference-weights", choices=["auto", "float32", "float16", "int8"], default=None,
                    help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights); default: "
                         "the model's own (int8 for the shipped 5-point model, else auto)")
+    p.add_argument("--attributes", default="auto",
+                   help="where the attribute predictions come from: 'auto' (the shipped attribute network for a "
+                        "5-point model, as the Aligner prints them; else the model's heads), 'network', 'heads', "
+                        "or an attribute network weights path")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from . import data as data_mod
@@ -84,6 +96,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         pred, aprobs = predict_averaged(model, fs.images, fs.boxes, batch_size=args.batch_size, return_probs=True,
                                         progress=not args.quiet)
         probs.update(aprobs)
+    net = _eval_attribute_net(args.attributes, model.num_points)
+    if net is not None:
+        from .attributes import attribute_inputs, attribute_probabilities
+
+        for i in range(0, len(fs), args.batch_size):
+            x = attribute_inputs(fs.images[i:i + args.batch_size], fs.boxes[i:i + args.batch_size], net.config)
+            for t, v in attribute_probabilities(net, x).items():
+                probs.setdefault(f"_net_{t}", []).append(v)
+        for t in net.config.tasks:
+            probs[t] = np.concatenate(probs.pop(f"_net_{t}"))
     attrs = {k: v for k, v in fs.attributes.items() if k in probs}
     summary = ev.evaluate_predictions(pred, fs.landmarks, attrs or None, {k: probs[k] for k in attrs} or None)
     summary["model"], summary["data"], summary["faces"] = str(args.model), str(split), len(fs)
@@ -99,14 +121,27 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _eval_attribute_net(choice: str, num_points: int):
+    """tcdcn-eval's ``--attributes``: the attribute network to score, or None for the model's own heads."""
+    from . import attributes as attr
+
+    if choice == "heads" or (choice == "auto" and (num_points != 5 or not attr.shipped_attribute_net_available())):
+        return None
+    if num_points != 5:
+        raise SystemExit("tcdcn-eval: --attributes network reads MTFL boxes: it needs 5-point data and model")
+    return attr.load_attribute_net(None if choice in ("auto", "network") else choice)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tcdcn_ext {align,train,eval,export} ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"align": align_main, "train": train_main, "eval": eval_main, "export": export_main}
+    commands = {"align": align_main, "train": train_main, "eval": eval_main, "export": export_main,
+                "train-attributes": train_attributes_main}
     if not argv or argv[0] not in commands:
         if argv and argv[0] not in ("-h", "--help"):
             return align_main(argv)  # `python -m tcdcn_ext IMG ...` behaves like tcdcn-align
-        print("usage: python -m tcdcn_ext {align,train,eval,export} [options]   (align is the default)")
+        print("usage: python -m tcdcn_ext {align,train,train-attributes,eval,export} [options]   (align is the "
+              "default)")
         return 0 if argv else 2
     return commands[argv[0]](argv[1:])
 
