@@ -678,13 +678,14 @@ class Aligner:
         refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
             align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
             failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
-        attributes: where ``Face.attributes`` come from. ``"auto"`` (default): the shipped attribute network
-            (:mod:`tcdcn_ext.attributes`, trained for them: balanced accuracy and calibration in
-            ``weights/ATTRIBUTES.md``) for the 5-point model, the model's own auxiliary heads otherwise;
-            ``"network"``: that network (5-point model only); ``"heads"``: the TCDCN auxiliary heads (near chance
-            for gender and glasses, see the model card); an :class:`~tcdcn_ext.attributes.AttributeNet` or a path to
-            its weights. The network reads each face from the MTFL box of its final landmarks, once per call, when
-            the first face's ``attributes`` are read.
+        attributes: where ``Face.attributes`` come from. ``"auto"`` (default) and ``"network"``: the shipped
+            attribute network (:mod:`tcdcn_ext.attributes`, trained for them: balanced accuracy and calibration in
+            ``weights/ATTRIBUTES.md``), for both models ("auto" falls back to the model's heads if it is not
+            installed); ``"heads"``: the TCDCN model's own auxiliary heads (the 5-point model's are near chance for
+            gender and glasses, see its model card; the 68-point model has none: ``{}``); an
+            :class:`~tcdcn_ext.attributes.AttributeNet` or a path to its weights. The network reads each face from
+            the MTFL box of its final landmarks (the 68-point model's eye centres, nose tip and mouth corners),
+            once per call, when the first face's ``attributes`` are read.
         batch_size: faces per forward pass in :meth:`align_batch` (bounds memory for huge batches).
         progress: progress lines on stderr for long batches (None: only when stderr is a terminal).
 
@@ -753,16 +754,10 @@ class Aligner:
         if isinstance(choice, attr.AttributeNet):
             net = copy.deepcopy(choice)
         elif isinstance(choice, str) and choice in ("auto", "network", "heads"):
-            if choice == "heads" or (choice == "auto" and (self.points != 5
-                                                           or not attr.shipped_attribute_net_available())):
+            if choice == "heads" or (choice == "auto" and not attr.shipped_attribute_net_available()):
                 return None
-            if self.points != 5:
-                raise ValueError("attributes='network': the attribute network reads MTFL face boxes, made from 5 "
-                                 "landmarks; use points=5 (or attributes='heads')")
             net = attr.load_attribute_net()
         elif isinstance(choice, (str, os.PathLike)):
-            if self.points != 5:
-                raise ValueError("attributes=<weights>: the attribute network needs the 5-point model")
             net = attr.load_attribute_net(choice)
         else:
             raise ValueError(f"attributes must be 'auto', 'network', 'heads', an AttributeNet or a weights path, "
@@ -948,10 +943,13 @@ class Aligner:
         if self.attribute_net is not None:
             # The MTFL box of each face's final landmarks (in the pixels it was read from), as the network's
             # training crops were framed; the pass itself waits for the first read of an attributes field.
+            from .evaluate import five_from_68
+
+            five = np.asarray(pts if self.points == 5 else five_from_68(pts), np.float64)
             try:
-                mtfl = data.predict_boxes_5pt(np.asarray(pts, np.float64))
+                mtfl = data.predict_boxes_5pt(five)
             except ValueError:  # some face's landmarks are degenerate: that face keeps the box it was read with
-                mtfl = np.array([_mtfl_box_or(pts[i], pairs[i][1]) for i in range(n)])
+                mtfl = np.array([_mtfl_box_or(five[i], pairs[i][1]) for i in range(n)])
             attr_pairs = [(pairs[i][0], mtfl[i]) for i in range(n)]
             table = _AttributeTable(compute=lambda: self._attribute_probs(attr_pairs))
         else:

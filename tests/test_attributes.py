@@ -200,13 +200,19 @@ def test_aligner_reads_attributes_from_a_given_network(rgb):
         Aligner(detector="none", attributes=3)
 
 
-@pytest.mark.skipif("5pt" not in shipped_models(), reason="the shipped 5-point model is missing")
-def test_aligner_attribute_choices_for_68_points():
+def test_aligner_68_points_reads_the_network_from_its_five_points(rgb):
     if "68pt" not in shipped_models():
         pytest.skip("the shipped 68-point model is missing")
-    assert Aligner(points=68, detector="none").attribute_net is None  # auto: no MTFL boxes from 68 points
-    with pytest.raises(ValueError, match="points=5"):
-        Aligner(points=68, detector="none", attributes="network")
+    from tcdcn_ext.data import predict_boxes_5pt
+    from tcdcn_ext.evaluate import five_from_68
+
+    net = small_net(2)
+    f = Aligner(points=68, detector="none", attributes=net).align(rgb, [BOX])[0]
+    assert Aligner(points=68, detector="none", attributes="heads").align(rgb, [BOX])[0].attributes == {}
+    box = predict_boxes_5pt(five_from_68(f.landmarks[None]).astype(np.float64))
+    want = attr.attribute_probabilities(net, attr.attribute_inputs([rgb], box, net.config))
+    for t, p in want.items():
+        np.testing.assert_allclose(list(f.attributes[t].probabilities.values()), p[0], atol=2e-3)
 
 
 @pytest.mark.skipif(not attr.shipped_attribute_net_available(), reason="no shipped attribute network")
