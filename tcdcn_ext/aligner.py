@@ -675,9 +675,11 @@ class Aligner:
             caller's module is left as it is); default ``f"{points}pt"``.
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
             (default :func:`tcdcn_ext.averaging.default_shifts`: 20 shifts chosen by validation for the model).
-        refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
-            align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
-            failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
+        refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model (the
+            framing the 5-point model was trained on) and align again, ``refine`` times. On the 500 validation
+            faces of mtfl/train through YuNet: 3.251 % error / 2.4 % failures with one pass, 3.200 % / 1.8 % with
+            two (default), 3.197 % / 1.6 % with three (``benchmarks/README.md``). 0: one landmark pass in the
+            calibrated detector box.
         attributes: where ``Face.attributes`` come from. ``"auto"`` (default) and ``"network"``: the shipped
             attribute network (:mod:`tcdcn_ext.attributes`, trained for them: balanced accuracy and calibration in
             ``weights/ATTRIBUTES.md``), for both models ("auto" falls back to the model's heads if it is not
@@ -696,7 +698,7 @@ class Aligner:
     def __init__(self, points: Literal[5, 68] = 5, device: str | torch.device = "cpu", averaged: bool = False,
                  detector: Literal["auto", "yunet", "none"] | Callable[..., Any] | None = "auto",
                  min_score: float = 0.5, calibrate: bool = True, model: str | os.PathLike | TCDCN | None = None,
-                 shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
+                 shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 2,
                  batch_size: int = 512, progress: bool | None = None,
                  max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
                  derotate: bool = True, search_rotations: bool = False,

@@ -50,26 +50,27 @@ __all__ = [
 ]
 
 
-#: YuNet -> annotated-box calibration of the 5-point model, fitted on the 9,500 MTFL training crops outside the
-#: training run's validation split by ``OMP_NUM_THREADS=1 python -m tcdcn_ext.detect --fit
-#: ../shared/data/mtfl/train --model 5pt``. The fitted numbers do not depend on the model; the model (the shipped
-#: 5-point one) only chooses ``method``, by the landmark error on the 500 validation faces (YuNet found all 10,000
-#: faces):
+#: YuNet -> box calibration of the 5-point model, whose training boxes are made from the true 5 landmarks by the
+#: MTFL box model (``tcdcn-train --boxes landmarks``): fitted on the 9,500 MTFL training crops outside the training
+#: run's validation split by ``OMP_NUM_THREADS=1 python -m tcdcn_ext.detect --fit ../shared/data/mtfl/train
+#: --model 5pt --boxes landmarks``. The fitted numbers do not depend on the model; the model (the shipped 5-point
+#: one) only chooses ``method``, by the landmark error of one pass on the 500 validation faces (YuNet found all
+#: 10,000 faces; the Aligner then re-boxes each face from its landmarks, ``refine``):
 #:
 #: ==========  ===================  ===========  =========
 #: map         box edge RMS (px)    mean error   failures
 #: ==========  ===================  ===========  =========
-#: none        13.06                7.33 %       15.8 %
-#: linear       4.89                4.20 %        5.0 %
-#: points       5.33                3.63 %        3.0 %
+#: none        12.41                10.46 %      34.2 %
+#: linear       4.49                 5.43 %       9.8 %
+#: points       3.60                 3.71 %       3.6 %
 #: ==========  ===================  ===========  =========
 #:
 #: Both maps are kept so that detections without points can use ``"linear"``.
 CALIBRATION_5PT: dict[str, Any] = {
     "method": "points",
-    "linear": [[-0.06503388, -0.07242564, 0.25753048, 0.25747732],
-               [0.04093825, 0.09591410, 0.52172315, 0.52181160]],
-    "points": [[-0.03957430, -0.05205485, 3.25626136], [-0.86732838, -0.03830730, 0.01182772]],
+    "linear": [[-0.03358448, -0.11246245, 0.45067822, 0.45067822],
+               [0.01630167, 0.12656061, 0.37235711, 0.37235710]],
+    "points": [[-0.03803481, -0.05396936, 3.25566292], [-0.78670444, -0.03880837, 0.02207329]],
 }
 
 #: YuNet -> annotated-box calibration of the 68-point model (the staged 300-W boxes: the tight extent of the 68
@@ -471,8 +472,12 @@ def _landmark_error(model, images, boxes, gt) -> np.ndarray:
 
 
 def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,
-                        cache: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+                        cache: str | os.PathLike | None = None, progress: bool = True,
+                        boxes: str = "given") -> dict[str, Any]:
     """Fit the YuNet -> annotated box calibration on a staged training split (see the module docstring).
+
+    ``boxes``: the convention the model was trained on: ``"given"`` (the split's boxes) or ``"landmarks"`` (boxes
+    made from each face's true 5 landmarks by the MTFL box model, ``tcdcn-train --boxes landmarks``).
 
     Args:
         train_dir: e.g. ``shared/data/mtfl/train`` (5 points) or ``shared/data/300w/train`` (68 points).
@@ -502,7 +507,14 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
     found, _, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuNetDetector(), min_score=0.5,
                                                  progress=progress, cache=cache)
     fit = found & ~is_hold
-    ann = fs.boxes.astype(np.float64)
+    if boxes == "landmarks":  # the model was trained on boxes made from the true landmarks (tcdcn-train --boxes)
+        from .train import landmark_boxes
+
+        ann = landmark_boxes(fs).astype(np.float64)
+    elif boxes == "given":
+        ann = fs.boxes.astype(np.float64)
+    else:
+        raise ValueError(f"boxes must be 'given' or 'landmarks', got {boxes!r}")
     # (a) linear, weighted so that every face counts the same whatever its size: rows divided by sqrt(w h).
     feats = _linear_features(dboxes[fit])
     w = 1.0 / np.sqrt(feats[:, 0] * feats[:, 1])
@@ -543,8 +555,10 @@ def _main(argv: list[str] | None = None) -> int:
                    help="staged training split, e.g. mtfl/train (5 points) or 300w/train (68 points)")
     p.add_argument("--model", default="5pt", help="landmark model choosing the method (name or .pt path)")
     p.add_argument("--cache", default=None, help="npz cache of the raw detections")
+    p.add_argument("--boxes", choices=("given", "landmarks"), default="given", help="the box convention the model "
+                   "was trained on (tcdcn-train --boxes): the split's boxes, or boxes made from the true 5 landmarks")
     args = p.parse_args(argv)
-    cal = fit_box_calibration(args.fit, args.model, cache=args.cache)
+    cal = fit_box_calibration(args.fit, args.model, cache=args.cache, boxes=args.boxes)
     print(json.dumps(cal, indent=2))
     return 0
 

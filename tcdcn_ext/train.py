@@ -472,24 +472,28 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
 
 
 def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_dir: str | os.PathLike | None = None,
-                    val_fraction: float = 0.05, seed: int = 0, steps: int = 300, progress: bool = True) -> dict:
+                    val_fraction: float = 0.05, seed: int = 0, steps: int = 300, progress: bool = True,
+                    boxes: str = "given") -> dict:
     """Refit the auxiliary heads of a trained model on its frozen shared feature.
 
     Task-wise early stopping switches a task off early (that is its point: it stops the task from disturbing the
     shared representation), but the switched-off head then no longer matches the feature that keeps changing, and
     its predictions decay to chance. Refitting each auxiliary head as a softmax regression on the final feature
     (the landmark path is untouched, so landmark accuracy is unchanged) gives usable attribute predictions. Uses
-    the same training/validation split as :func:`train` (``seed``, ``val_fraction``); returns validation accuracy
-    before and after.
+    the same training/validation split as :func:`train` (``seed``, ``val_fraction``) and framing (``boxes``, as
+    ``tcdcn-train --boxes``); returns validation accuracy before and after.
     """
     from .model import load_model
 
     model = load_model(weights)
     train_dir = Path(train_dir) if train_dir else default_data_root() / "mtfl/train"
     fs = data_mod.load_staged(train_dir, progress=progress)
-    perm = np.random.default_rng(seed + 1_000_003).permutation(len(fs))
-    n_val = max(1, int(round(val_fraction * len(fs))))
-    parts = {"val": np.sort(perm[:n_val]), "train": np.sort(perm[n_val:])}
+    if boxes == "landmarks":
+        fs.boxes = landmark_boxes(fs)
+    elif boxes != "given":
+        raise ValueError(f"boxes must be 'given' or 'landmarks', got {boxes!r}")
+    tr_idx, val_idx = validation_split(len(fs), val_fraction, seed)
+    parts = {"val": val_idx, "train": tr_idx}
     feats, labels = {}, {}
     with torch.no_grad():
         for name, idx in parts.items():
@@ -514,7 +518,8 @@ def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_di
             opt.step()
         report[task] = {"val_accuracy_before": before, "val_accuracy_after": acc()}
         log.info("refit %s head: validation accuracy %.3f -> %.3f", task, before, report[task]["val_accuracy_after"])
-    meta = {"refit_aux_heads": {"from": str(weights), "steps": steps, "seed": seed, "report": report}}
+    meta = {"refit_aux_heads": {"from": str(weights), "steps": steps, "seed": seed, "boxes": boxes,
+                                "report": report}}
     try:
         meta["source_meta"] = json.loads(Path(weights).with_suffix(".json").read_text()).get("meta", {})
     except (OSError, ValueError):
@@ -583,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refit:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         report = refit_aux_heads(refit, Path(args.out_dir) / "model.pt", args.train_dir or None, args.val_fraction,
-                                 args.seed, progress=args.progress)
+                                 args.seed, progress=args.progress, boxes=args.boxes)
         print(json.dumps(report, indent=2))
         return 0
     kw["aux_tasks"] = tuple(t for t in kw["aux_tasks"].split(",") if t)
