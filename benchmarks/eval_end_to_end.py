@@ -109,11 +109,11 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     pipelines = {
         "pipeline_uncalibrated (calibrate=False, refine=0)": dict(calibrate=False, refine=0),
         "pipeline_calibrated (calibrate=True, refine=0)": dict(refine=0),
-        "pipeline_default (calibrate=True, refine=1)": dict(),
+        "pipeline_default (calibrate=True, refine=2)": dict(),
         "pipeline_averaged (default + averaged=True)": dict(averaged=True),
     }
     if points == 68:  # refine (re-boxing from the 5 MTFL points) is a 5-point step
-        pipelines = {k.replace(", refine=1", ""): v for k, v in pipelines.items() if "refine=0" not in k or
+        pipelines = {k.replace(", refine=2", ""): v for k, v in pipelines.items() if "refine=0" not in k or
                      "uncalibrated" in k}
     for name, kw in pipelines.items():
         t = time.perf_counter()

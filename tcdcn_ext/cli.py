@@ -1,5 +1,6 @@
-"""The command line, all of it: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-eval``, ``tcdcn-export`` (the console
-scripts) and ``python -m tcdcn_ext {align,train,eval,export,calibrate}``. Each command parses its flags here and
+"""The command line, all of it: ``tcdcn-align``, ``tcdcn-train``, ``tcdcn-train-attributes``, ``tcdcn-eval``,
+``tcdcn-export`` (the console scripts) and ``python -m tcdcn_ext {align,train,train-attributes,eval,export,
+calibrate}``. Each command parses its flags here and
 calls the library; nothing else in the package parses arguments.
 
 ``tcdcn-align``: facial landmarks for images, folders and videos, as JSON lines, with optional drawn overlays.
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 from .util.progress import progress_bar
 
-__all__ = ["align_main", "calibrate_main", "eval_main", "export_main", "main", "train_main"]
+__all__ = ["align_main", "calibrate_main", "eval_main", "export_main", "main", "train_attributes_main", "train_main"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,6 +341,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="warm start from a checkpoint (heads are re-initialised)")
     p.add_argument("--box-scale", type=float, default=d.box_scale, help="enlarge the annotated boxes by this factor "
                    "about their centre (recorded in the model config; preprocess/predict apply it)")
+    p.add_argument("--boxes", choices=("given", "landmarks"), default=d.boxes, help="training and validation face "
+                   "boxes: the split's own (given) or made from the true 5 landmarks by the MTFL box model "
+                   "(landmarks: the test faces' and the Aligner's refining pass's framing)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (on every rank under "
                    "torchrun) when it exists, else start afresh: one command for the first start and every restart")
     p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (resume later)")
@@ -368,7 +372,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     if refit:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         report = refit_aux_heads(refit, Path(args.out_dir) / "model.pt", args.train_dir or None, args.val_fraction,
-                                 args.seed, progress=args.progress)
+                                 args.seed, progress=args.progress, boxes=args.boxes)
         print(json.dumps(report, indent=2))
         return 0
     kw["aux_tasks"] = tuple(t for t in kw["aux_tasks"].split(",") if t)
@@ -381,7 +385,66 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# tcdcn-train-attributes
+
+
+def train_attributes_parser() -> argparse.ArgumentParser:
+    from .training.attributes import AttributeTrainConfig
+
+    d = AttributeTrainConfig()
+    p = argparse.ArgumentParser(prog="tcdcn-train-attributes", description="Train the attribute network (head "
+                                "pose, gender, glasses, smile; tcdcn_ext.models.attributes) on a staged split.")
+    p.add_argument("--data", default=None, help="staged training split (default: $TCDCN_DATA/mtfl/train)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--max-shift", type=int, default=d.max_shift)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--model-json", default="{}", help="AttributeConfig overrides, e.g. '{\"input_size\": 64}'")
+    p.add_argument("--stop-after", type=int, default=None, help="end this invocation after epoch N (the same "
+                   "command continues from OUT/checkpoint.pt)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def train_attributes_main(argv: Sequence[str] | None = None) -> int:
+    """``tcdcn-train-attributes``: train the attribute network (resumable; see ``--help``)."""
+    args = train_attributes_parser().parse_args(argv)
+    from .training.attributes import AttributeTrainConfig, train_attributes
+    from .training.train import default_data_root
+
+    data = args.data or str(default_data_root() / "mtfl" / "train")
+    cfg = AttributeTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, val_fraction=args.val_fraction, seed=args.seed,
+                               threads=args.threads, max_shift=args.max_shift, limit=args.limit,
+                               model=json.loads(args.model_json))
+    report = train_attributes(data, args.out, cfg, progress=not args.quiet, stop_after=args.stop_after)
+    if report is None:
+        print(f"stopped after epoch {args.stop_after}; run the same command again to continue")
+        return 0
+    print(json.dumps({"best_epoch": report["best_epoch"], "val": report["val"]}, indent=1))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # tcdcn-eval
+
+
+def _eval_attribute_net(choice: str, num_points: int):
+    """tcdcn-eval's ``--attributes``: the attribute network to score, or None for the model's own heads."""
+    from .models import attributes as attr
+
+    if choice == "heads" or (choice == "auto" and (num_points != 5 or not attr.shipped_attribute_net_available())):
+        return None
+    if num_points != 5:
+        raise SystemExit("tcdcn-eval: --attributes network reads MTFL boxes: it needs 5-point data and model")
+    return attr.load_attribute_net(None if choice in ("auto", "network") else choice)
+
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
@@ -401,11 +464,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--inference-weights", choices=["auto", "float32", "float16", "int8"], default=None,
                    help="storage of the weights on the CPU inference path (TCDCN.set_inference_weights); default: "
                         "the model's own (int8 for the shipped 5-point model, else auto)")
+    p.add_argument("--attributes", default="auto",
+                   help="where the attribute predictions come from: 'auto' (the shipped attribute network for a "
+                        "5-point model, as the Aligner prints them; else the model's heads), 'network', 'heads', "
+                        "or an attribute network weights path")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from .training.datasets import load_staged
@@ -435,6 +503,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         pred, aprobs = predict_averaged(model, fs.images, fs.boxes, batch_size=args.batch_size, return_probs=True,
                                         progress=not args.quiet)
         probs.update(aprobs)
+    net = _eval_attribute_net(args.attributes, model.num_points)
+    if net is not None:
+        from .models.attributes import attribute_inputs, attribute_probabilities
+
+        for i in range(0, len(fs), args.batch_size):
+            x = attribute_inputs(fs.images[i:i + args.batch_size], fs.boxes[i:i + args.batch_size], net.config)
+            for t, v in attribute_probabilities(net, x).items():
+                probs.setdefault(f"_net_{t}", []).append(v)
+        for t in net.config.tasks:
+            probs[t] = np.concatenate(probs.pop(f"_net_{t}"))
     attrs = {k: v for k, v in fs.attributes.items() if k in probs}
     summary = ev.evaluate_predictions(pred, fs.landmarks, attrs or None, {k: probs[k] for k in attrs} or None)
     summary["model"], summary["data"], summary["faces"] = str(args.model), str(split), len(fs)
@@ -516,11 +594,13 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
                    help="staged training split, e.g. mtfl/train (5 points) or 300w/train (68 points)")
     p.add_argument("--model", default="5pt", help="landmark model choosing the method (name or .pt path)")
     p.add_argument("--cache", default=None, help="npz cache of the raw detections")
+    p.add_argument("--boxes", choices=("given", "landmarks"), default="given", help="the box convention the model "
+                   "was trained on (tcdcn-train --boxes): the split's boxes, or boxes made from the true 5 landmarks")
     args = p.parse_args(argv)
 
     from .training.calibration import fit_box_calibration
 
-    cal = fit_box_calibration(args.fit, args.model, cache=args.cache)
+    cal = fit_box_calibration(args.fit, args.model, cache=args.cache, boxes=args.boxes)
     print(json.dumps(cal, indent=2))
     return 0
 
@@ -537,7 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         if argv and argv[0] not in ("-h", "--help"):
             return align_main(argv)  # `python -m tcdcn_ext IMG ...` behaves like tcdcn-align
-        print("usage: python -m tcdcn_ext {align,train,eval,export,calibrate} [options]   (align is the default)")
+        print("usage: python -m tcdcn_ext {align,train,train-attributes,eval,export,calibrate} [options]   (align is "
+              "the default)")
         return 0 if argv else 2
     return commands[argv[0]](argv[1:])
 

@@ -316,7 +316,12 @@ def test_68_points_detected_calibrated_and_averaged(rgb):
     assert plain._detect is not None  # the bundled detector is always there
     assert plain.calibration is CALIBRATION_68PT
     faces = plain(rgb)
-    assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2) and faces[0].attributes == {}
+    assert len(faces) == 1 and faces[0].landmarks.shape == (68, 2)
+    # Attributes from the shipped attribute network (from the 68 points' eye centres, nose tip, mouth corners).
+    from tcdcn_ext.models.attributes import shipped_attribute_net_available
+
+    want = {"pose", "gender", "glasses", "smile"} if shipped_attribute_net_available() else set()
+    assert set(faces[0].attributes) == want
     x0, y0, x1, y1 = faces[0].box
     pts = faces[0].landmarks
     assert np.all((pts[:, 0] > x0 - 20) & (pts[:, 0] < x1 + 20) & (pts[:, 1] > y0 - 20) & (pts[:, 1] < y1 + 20))

@@ -40,6 +40,7 @@ import torch
 
 from .. import ops
 from ..models import TCDCN, WeightsError, load_model
+from ..models.landmarks import five_from_68
 from .averaging import default_shifts, standardise_by_centre
 from .boxes import from_box_frame, predict_boxes_5pt, scale_boxes
 from .detector import (CALIBRATION_5PT, CALIBRATION_68PT, DEFAULT_MAX_SIDE, Detections, DetectorError, YuNetDetector,
@@ -132,6 +133,14 @@ SEARCH_MARGIN = 0.1
 LEVEL_ABOVE = 15.0
 
 
+def _mtfl_box_or(points5: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """The MTFL box of one face's 5 points, or ``fallback`` when they are degenerate."""
+    try:
+        return predict_boxes_5pt(np.asarray(points5, np.float64)[None])[0]
+    except ValueError:
+        return np.asarray(fallback, np.float64)
+
+
 def _roll_from_landmarks(pts: np.ndarray) -> np.ndarray:
     """The eye line's angle (degrees, positive = clockwise as seen) of landmarks ``[F, P, 2]`` (5 or 68 points)."""
     if pts.shape[1] == 68:
@@ -215,23 +224,34 @@ class Aligner:
         shifts: ``[K, 2]`` whole-pixel ``(dx, dy)`` translations of the network's input window for ``averaged``
             (default :func:`tcdcn_ext.inference.averaging.default_shifts`: 20 shifts chosen by validation for
             the model).
-        refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model and
-            align again, ``refine`` times (one pass cut the end-to-end error on mtfl/test from 7.05 % to 6.70 %,
-            failures from 13.4 % to 10.6 %; see ``benchmarks/results/end_to_end_5pt.json``). 0: one pass.
+        refine: for *detected* faces (5-point model), re-box the face from its landmarks with the MTFL box model (the
+            framing the 5-point model was trained on) and align again, ``refine`` times. On the 500 validation
+            faces of mtfl/train through YuNet (``benchmarks/eval_val_pipeline.py``): 3.251 % error / 2.4 % failures
+            with one pass, 3.200 % / 1.8 % with two (default), 3.197 % / 1.6 % with three. 0: one landmark pass in
+            the calibrated detector box.
+        attributes: where ``Face.attributes`` come from. ``"auto"`` (default) and ``"network"``: the shipped
+            attribute network (:mod:`tcdcn_ext.models.attributes`, trained for them: balanced accuracy and
+            calibration in ``weights/ATTRIBUTES.md``), for both models ("auto" falls back to the model's heads if it
+            is not installed); ``"heads"``: the TCDCN model's own auxiliary heads (the 5-point model's are near
+            chance for gender and glasses, see its model card; the 68-point model has none: ``{}``); an
+            :class:`~tcdcn_ext.models.attributes.AttributeNet` or a path to its weights. The network reads each face
+            from the MTFL box of its final landmarks (the 68-point model's eye centres, nose tip and mouth corners),
+            once per call, when the first face's ``attributes`` are read.
         batch_size: faces per forward pass in :meth:`align_batch` (bounds memory for huge batches).
         progress: progress lines on stderr for long batches (None: only when stderr is a terminal).
 
-    Boxes given to :meth:`align` must follow the model's training convention: the MTFL/CUHK face box, a square from
+    Boxes given to :meth:`align` must follow the model's training convention: the MTFL face box, a square from
     about the eyebrows to the chin (see ``shared/data/README.md``); other detectors' boxes work less well.
     """
 
     def __init__(self, points: Literal[5, 68] = 5, device: str | torch.device = "cpu", averaged: bool = False,
                  detector: Literal["auto", "yunet", "none"] | Callable[..., Any] | None = "auto",
                  min_score: float = 0.5, calibrate: bool = True, model: str | os.PathLike | TCDCN | None = None,
-                 shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 1,
+                 shifts: np.ndarray | Sequence[Sequence[int]] | None = None, refine: int = 2,
                  batch_size: int = 512, progress: bool | None = None,
                  max_side: int | None = DEFAULT_MAX_SIDE, min_face_size: float = 0.0,
-                 derotate: bool = True, search_rotations: bool = False) -> None:
+                 derotate: bool = True, search_rotations: bool = False,
+                 attributes: str | os.PathLike | Any = "auto") -> None:
         if points not in (5, 68):
             raise ValueError(f"points must be 5 or 68, got {points!r}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -277,6 +297,38 @@ class Aligner:
         self.calibration = ({5: CALIBRATION_5PT, 68: CALIBRATION_68PT}[points]
                             if calibrate and isinstance(self._detect, YuNetDetector) else None)
         self.attribute_tasks = [t for t in self.model.config.aux_tasks]
+        self.attribute_net = self._attribute_net(attributes)
+
+    def _attribute_net(self, choice: Any):
+        from ..models import attributes as attr
+
+        if isinstance(choice, attr.AttributeNet):
+            net = copy.deepcopy(choice)
+        elif isinstance(choice, str) and choice in ("auto", "network", "heads"):
+            if choice == "heads" or (choice == "auto" and not attr.shipped_attribute_net_available()):
+                return None
+            net = attr.load_attribute_net()
+        elif isinstance(choice, (str, os.PathLike)):
+            net = attr.load_attribute_net(choice)
+        else:
+            raise ValueError(f"attributes must be 'auto', 'network', 'heads', an AttributeNet or a weights path, "
+                             f"got {choice!r}")
+        return net.to(self.device).eval()
+
+    def _attribute_probs(self, pairs: list[tuple[Pixels, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The attribute network's class probabilities for faces ``(pixels, MTFL box)``, in ``batch_size``
+        chunks."""
+        from ..models.attributes import attribute_probabilities
+
+        net = self.attribute_net
+        size, context = net.config.input_size, net.config.context
+        outs: list[dict[str, np.ndarray]] = []
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = [(pix, scale_boxes(np.asarray(b, np.float64).reshape(1, 4), context)[0])
+                     for pix, b in pairs[i:i + self.batch_size]]
+            x = face_inputs(chunk, size).to(self.device)
+            outs.append(attribute_probabilities(net, x))
+        return {t: np.concatenate([o[t] for o in outs]) for t in net.config.tasks}
 
     def __repr__(self) -> str:
         return (f"Aligner(points={self.points}, device={str(self.device)!r}, averaged={self.averaged}, "
@@ -450,6 +502,18 @@ class Aligner:
         if self.derotate:
             self._level_tilted(jobs, pairs, pts, probs)
         n = len(pairs)
+        if self.attribute_net is not None:
+            # The MTFL box of each face's final landmarks (in the pixels it was read from), as the network's
+            # training crops were framed; the pass itself waits for the first read of an attributes field.
+            five = np.asarray(pts if self.points == 5 else five_from_68(pts), np.float64)
+            try:
+                mtfl = predict_boxes_5pt(five)
+            except ValueError:  # some face's landmarks are degenerate: that face keeps the box it was read with
+                mtfl = np.array([_mtfl_box_or(five[i], pairs[i][1]) for i in range(n)])
+            attr_pairs = [(pairs[i][0], mtfl[i]) for i in range(n)]
+            table = AttributeTable(compute=lambda: self._attribute_probs(attr_pairs))
+        else:
+            table = AttributeTable(probs)
         pts = np.ascontiguousarray(pts)  # (its own array: the faces' landmarks are read-only rows of it)
         f = 0
         for job in jobs:  # de-rotated faces: landmarks from the upright copy back into the image
@@ -460,7 +524,6 @@ class Aligner:
         landmarks = list(pts)
         boxes = [tuple(b) for job in jobs for b in job.report_boxes.tolist()]
         scores = [s for job in jobs for s in job.scores.tolist()]
-        table = AttributeTable(probs)
         faces = list(map(Face.with_lazy_attributes, boxes, scores, landmarks, itertools.repeat(table, n), range(n)))
         return _group_by_image(jobs, faces)
 

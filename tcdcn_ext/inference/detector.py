@@ -48,26 +48,27 @@ __all__ = [
 ]
 
 
-#: YuNet -> annotated-box calibration of the 5-point model, fitted on the 9,500 MTFL training crops outside the
-#: training run's validation split by ``OMP_NUM_THREADS=1 python -m tcdcn_ext.detect --fit
-#: ../shared/data/mtfl/train --model 5pt``. The fitted numbers do not depend on the model; the model (the shipped
-#: 5-point one) only chooses ``method``, by the landmark error on the 500 validation faces (YuNet found all 10,000
-#: faces):
+#: YuNet -> box calibration of the 5-point model, whose training boxes are made from the true 5 landmarks by the
+#: MTFL box model (``tcdcn-train --boxes landmarks``): fitted on the 9,500 MTFL training crops outside the training
+#: run's validation split by ``OMP_NUM_THREADS=1 python -m tcdcn_ext calibrate --fit ../shared/data/mtfl/train
+#: --model 5pt --boxes landmarks``. The fitted numbers do not depend on the model; the model (the shipped 5-point
+#: one) only chooses ``method``, by the landmark error of one pass on the 500 validation faces (YuNet found all
+#: 10,000 faces; the Aligner then re-boxes each face from its landmarks, ``refine``):
 #:
 #: ==========  ===================  ===========  =========
 #: map         box edge RMS (px)    mean error   failures
 #: ==========  ===================  ===========  =========
-#: none        13.06                7.33 %       15.8 %
-#: linear       4.89                4.20 %        5.0 %
-#: points       5.33                3.63 %        3.0 %
+#: none        12.41                10.46 %      34.2 %
+#: linear       4.49                 5.43 %       9.8 %
+#: points       3.60                 3.71 %       3.6 %
 #: ==========  ===================  ===========  =========
 #:
 #: Both maps are kept so that detections without points can use ``"linear"``.
 CALIBRATION_5PT: dict[str, Any] = {
     "method": "points",
-    "linear": [[-0.06503388, -0.07242564, 0.25753048, 0.25747732],
-               [0.04093825, 0.09591410, 0.52172315, 0.52181160]],
-    "points": [[-0.03957430, -0.05205485, 3.25626136], [-0.86732838, -0.03830730, 0.01182772]],
+    "linear": [[-0.03358448, -0.11246245, 0.45067822, 0.45067822],
+               [0.01630167, 0.12656061, 0.37235711, 0.37235710]],
+    "points": [[-0.03803481, -0.05396936, 3.25566292], [-0.78670444, -0.03880837, 0.02207329]],
 }
 
 #: YuNet -> annotated-box calibration of the 68-point model (the staged 300-W boxes: the tight extent of the 68

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,16 +95,31 @@ class AttributeTable:
     for the faces whose ``attributes`` are read: building all of them (four frozen dataclasses and dicts per face)
     took ~6 us a face, a third of the batched forward pass."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ("_tasks", "_compute")
 
-    def __init__(self, probs: dict[str, np.ndarray]) -> None:
+    def __init__(self, probs: dict[str, np.ndarray] | None = None,
+                 compute: Callable[[], dict[str, np.ndarray]] | None = None) -> None:
+        """``probs``, or ``compute``: a function giving them, called once, when the first face's attributes are
+        read (the attribute network's pass over the call's faces runs only for calls whose attributes are used)."""
+        self._tasks = None if probs is None else self._table(probs)
+        self._compute = compute
+
+    @staticmethod
+    def _table(probs: dict[str, np.ndarray]) -> tuple:
         tasks = []
         for t, p in probs.items():
             names = ATTRIBUTE_LABELS.get(t)
             if names is None or len(names) != p.shape[1]:
                 names = tuple(str(i) for i in range(p.shape[1]))
             tasks.append((t, names, p))
-        self.tasks = tuple(tasks)
+        return tuple(tasks)
+
+    @property
+    def tasks(self) -> tuple:
+        if self._tasks is None:
+            self._tasks = self._table(self._compute() if self._compute is not None else {})
+            self._compute = None
+        return self._tasks
 
     def attributes(self, index: int) -> dict[str, Attribute]:
         out = {}

@@ -3,7 +3,9 @@ the MTFL attributes (codes of ``shared/data/README.md``)."""
 
 from __future__ import annotations
 
-__all__ = ["ATTRIBUTE_CLASSES", "LANDMARK_NAMES_5", "MIRROR_5", "MIRROR_68", "POSE_MIRROR", "POSE_NAMES"]
+import numpy as np
+
+__all__ = ["ATTRIBUTE_CLASSES", "LANDMARK_NAMES_5", "MIRROR_5", "MIRROR_68", "POSE_MIRROR", "POSE_NAMES", "five_from_68"]
 
 #: 5-point order: image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
 LANDMARK_NAMES_5: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -38,3 +40,12 @@ POSE_NAMES: tuple[str, ...] = ("left_profile", "left", "frontal", "right", "righ
 #: Number of classes of each MTFL attribute, with the 0-based codes of the staged README:
 #: gender 0 male / 1 female; smile 1 smiling / 0 not; glasses 1 yes / 0 no; pose 0..4 (see :data:`POSE_NAMES`).
 ATTRIBUTE_CLASSES: dict[str, int] = {"gender": 2, "smile": 2, "glasses": 2, "pose": 5}
+
+
+def five_from_68(points: np.ndarray) -> np.ndarray:
+    """68-point markup ``[N, 68, 2]`` -> the 5 MTFL points ``[N, 5, 2]``: eye centres (means of 36-41 and 42-47),
+    nose tip 30, mouth corners 48 / 54."""
+    p = np.asarray(points, np.float64)
+    if p.ndim != 3 or p.shape[1:] != (68, 2):
+        raise ValueError(f"five_from_68 needs 68 points [N, 68, 2], got shape {p.shape}")
+    return np.stack([p[:, 36:42].mean(1), p[:, 42:48].mean(1), p[:, 30], p[:, 48], p[:, 54]], axis=1)

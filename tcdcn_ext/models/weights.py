@@ -16,7 +16,7 @@ import torch
 from ..util.files import UnsafeFileError, atomic_torch_save, atomic_write_text, load_tensors
 from .tcdcn import TCDCN, TCDCNConfig
 
-__all__ = ["WEIGHTS_DIR", "WeightsError", "checked_record", "load_model", "save_weights", "shipped_models"]
+__all__ = ["WEIGHTS_DIR", "WeightsError", "checked_record", "file_sha256", "load_model", "save_weights", "shipped_models"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
@@ -30,7 +30,7 @@ class WeightsError(RuntimeError):
     """A weights file is missing, truncated, tampered with (checksum mismatch) or not a TCDCN checkpoint."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -49,7 +49,7 @@ def checked_record(path: Path) -> dict[str, Any]:
         expected = record["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"{record_path} is not a valid weights record: {exc}") from exc
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
                            "the file is truncated or was modified")
@@ -65,7 +65,7 @@ def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] 
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     blob = {"format": "tcdcn_ext/1", "config": model.config.to_dict(), "state_dict": state}
     atomic_torch_save(blob, path)
-    record = {"file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size,
+    record = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size,
               "config": model.config.to_dict(), "meta": dict(meta or {})}
     atomic_write_text(path.with_suffix(".json"), json.dumps(record, indent=2, sort_keys=True, default=str))
     return record

@@ -84,8 +84,12 @@ def _landmark_error(model, images, boxes, gt) -> np.ndarray:
 
 
 def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdout: np.ndarray | None = None,
-                        cache: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+                        cache: str | os.PathLike | None = None, progress: bool = True,
+                        boxes: str = "given") -> dict[str, Any]:
     """Fit the YuNet -> annotated box calibration on a staged training split (see the module docstring).
+
+    ``boxes``: the convention the model was trained on: ``"given"`` (the split's boxes) or ``"landmarks"`` (boxes
+    made from each face's true 5 landmarks by the MTFL box model, ``tcdcn-train --boxes landmarks``).
 
     Args:
         train_dir: e.g. ``shared/data/mtfl/train`` (5 points) or ``shared/data/300w/train`` (68 points).
@@ -117,7 +121,14 @@ def fit_box_calibration(train_dir: str | os.PathLike, model: Any = "5pt", holdou
     found, _, dboxes, dpoints = match_detections(fs.images, fs.boxes, YuNetDetector(), min_score=0.5,
                                                  progress=progress, cache=cache)
     fit = found & ~is_hold
-    ann = fs.boxes.astype(np.float64)
+    if boxes == "landmarks":  # the model was trained on boxes made from the true landmarks (tcdcn-train --boxes)
+        from .train import landmark_boxes
+
+        ann = landmark_boxes(fs).astype(np.float64)
+    elif boxes == "given":
+        ann = fs.boxes.astype(np.float64)
+    else:
+        raise ValueError(f"boxes must be 'given' or 'landmarks', got {boxes!r}")
     # (a) linear, weighted so that every face counts the same whatever its size: rows divided by sqrt(w h).
     feats = linear_box_features(dboxes[fit])
     w = 1.0 / np.sqrt(feats[:, 0] * feats[:, 1])

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..models.landmarks import LANDMARK_NAMES_5, POSE_NAMES
+from ..models.landmarks import five_from_68 as _five_from_68
 
 __all__ = [
     "LANDMARK_NAMES_5",
@@ -34,6 +35,9 @@ __all__ = [
     "point_errors",
     "landmark_errors",
     "failure_rate",
+    "balanced_accuracy",
+    "expected_calibration_error",
+    "reliability_table",
     "ced_curve",
     "auc_at",
     "five_from_68",
@@ -133,11 +137,9 @@ def auc_at(err: np.ndarray, threshold: float = 0.10) -> float:
 
 
 def five_from_68(points: np.ndarray) -> np.ndarray:
-    """68-point markup -> 5 points ``[N, 5, 2]``: eye centres (mean of 36-41, 42-47), nose tip 30, mouth 48 / 54."""
-    p = as_points(points, "points")
-    if p.shape[1] != 68:
-        raise ValueError(f"five_from_68 needs 68 points, got {p.shape[1]}")
-    return np.stack([p[:, 36:42].mean(1), p[:, 42:48].mean(1), p[:, 30], p[:, 48], p[:, 54]], axis=1)
+    """68-point markup -> 5 points ``[N, 5, 2]`` (:func:`tcdcn_ext.models.landmarks.five_from_68`), after the
+    checks of :func:`as_points`."""
+    return _five_from_68(as_points(points, "points"))
 
 
 def _aux_accuracy(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
@@ -152,6 +154,42 @@ def _aux_accuracy(labels: np.ndarray, probs: np.ndarray, task: str) -> float:
     if len(pred) != len(labels):
         raise ValueError(f"aux_probs[{task!r}] has {len(pred)} rows for {len(labels)} labels")
     return float(np.mean(pred == labels)) if len(labels) else math.nan
+
+
+def balanced_accuracy(labels: np.ndarray, pred: np.ndarray, classes: int | None = None) -> float:
+    """Mean over the classes present in ``labels`` of the per-class recall (chance: 1 / classes; immune to class
+    imbalance: always answering the majority class scores 1 / classes, not its share)."""
+    labels, pred = np.asarray(labels).reshape(-1), np.asarray(pred).reshape(-1)
+    if len(labels) != len(pred):
+        raise ValueError(f"balanced_accuracy: {len(pred)} predictions for {len(labels)} labels")
+    present = np.unique(labels) if classes is None else [k for k in range(classes) if np.any(labels == k)]
+    recalls = [float(np.mean(pred[labels == k] == k)) for k in present]
+    return float(np.mean(recalls)) if recalls else math.nan
+
+
+def _confidence_bins(labels: np.ndarray, probs: np.ndarray, bins: int):
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"calibration needs probabilities [N, C], got shape {probs.shape}")
+    conf, correct = probs.max(1), probs.argmax(1) == np.asarray(labels).reshape(-1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            yield lo, hi, m, conf[m].mean(), correct[m].mean()
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Top-label expected calibration error: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over ``bins``
+    equal-width confidence bins (0: the confidences are the accuracies)."""
+    n = len(np.asarray(labels).reshape(-1))
+    return float(sum(m.sum() / n * abs(acc - conf) for _, _, m, conf, acc in _confidence_bins(labels, probs, bins)))
+
+
+def reliability_table(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per non-empty confidence bin: its range, mean confidence, accuracy and face count (a reliability plot)."""
+    return [{"lo": float(lo), "hi": float(hi), "confidence": float(conf), "accuracy": float(acc),
+             "count": int(m.sum())} for lo, hi, m, conf, acc in _confidence_bins(labels, probs, bins)]
 
 
 def summarise_5pt(
@@ -170,7 +208,9 @@ def summarise_5pt(
 
     Returns:
         ``{"num_faces", "mean_error", "failure_rate", "auc", "threshold", "per_landmark": {name: mean error},
-        "per_pose": {pose name: {"count", "mean_error", "failure_rate"}}?, "aux_accuracy": {task: acc}?}``.
+        "per_pose": {pose name: {"count", "mean_error", "failure_rate"}}?, "aux_accuracy": {task: acc}?,
+        "aux_balanced_accuracy": {task: mean per-class recall}?, "aux_calibration_error": {task: top-label ECE}?}``
+        (the last two for ``[N, C]`` probabilities).
     """
     pe = point_errors(pred, gt, "inter_ocular")
     if pe.shape[1] != 5:
@@ -203,6 +243,10 @@ def summarise_5pt(
         if missing:
             raise ValueError(f"aux_probs for tasks without ground truth: {missing}")
         out["aux_accuracy"] = {t: _aux_accuracy(attributes[t], p, t) for t, p in aux_probs.items()}
+        full = {t: np.asarray(p) for t, p in aux_probs.items() if np.asarray(p).ndim == 2}
+        out["aux_balanced_accuracy"] = {t: balanced_accuracy(attributes[t], p.argmax(1), p.shape[1])
+                                        for t, p in full.items()}
+        out["aux_calibration_error"] = {t: expected_calibration_error(attributes[t], p) for t, p in full.items()}
     return out
 
 
