@@ -6,15 +6,7 @@ evaluation, :meth:`TCDCN.preprocess`, the averaged crops; the same bits for all 
 ``face_patches`` op on 8-bit pixels, an area shrink first for faces over ``3 S``: the Aligner), which agree with it
 to ~1e-3 (``tests/test_ops.py::test_face_patches_matches_the_training_warp``).
 
-Coordinate conventions (the same as ``shared/data/README.md``):
-
-* Image points are **0-based pixel-centre** coordinates: the centre of the top-left pixel is ``(0, 0)``; a point on
-  pixel column ``c`` has ``x = c``. This is also OpenCV's convention for ``warpAffine`` matrices, so a 2x3 matrix
-  built here can be handed to OpenCV unchanged.
-* Boxes are ``(x0, y0, x1, y1)`` in the same coordinates.
-* The model works in the **box-normalised frame** ``(u, v) in [0, 1]^2``: ``x = x0 + u * (x1 - x0)``,
-  ``y = y0 + v * (y1 - y0)``. The network input is the box resampled to ``S x S`` grey pixels, input pixel ``i``
-  having its centre at ``u = (i + 0.5) / S``; hence input pixel coordinate ``i = u * S - 0.5``.
+Coordinates: the box-normalised frame and pixel-centre conventions of :mod:`tcdcn_ext.inference.boxes`.
 """
 
 from __future__ import annotations

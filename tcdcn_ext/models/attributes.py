@@ -147,22 +147,16 @@ def save_attribute_net(net: AttributeNet, path: str | os.PathLike, meta: dict[st
 def load_attribute_net(path: str | os.PathLike | None = None) -> AttributeNet:
     """An :class:`AttributeNet` from ``path`` (default: the shipped one), in eval mode, float32. The file's sha256
     is checked against the ``.json`` record beside it and it is read with ``weights_only=True``;
-    :class:`tcdcn_ext.model.WeightsError` names the file on any problem."""
-    from ..util.files import UnsafeFileError, load_tensors
-    from .weights import WeightsError, checked_record
+    :class:`tcdcn_ext.models.WeightsError` names the file on any problem."""
+    from .weights import WeightsError, load_checked
 
     path = WEIGHTS if path is None else Path(path)
-    if not path.is_file():
-        raise WeightsError(f"attribute network weights {path} are missing")
-    checked_record(path)
+    record = load_checked(path, "attribute network weights")
     try:
-        record = load_tensors(path, "attribute network weights file")
         c = dict(record["config"])
         c["channels"] = tuple(c["channels"])
         net = AttributeNet(AttributeConfig(**c))
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["state_dict"].items()})
-    except UnsafeFileError as exc:
-        raise WeightsError(str(exc)) from exc
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path}: not an attribute network record ({exc})") from exc
     net.requires_grad_(False)

@@ -16,7 +16,7 @@ import torch
 from ..util.files import UnsafeFileError, atomic_torch_save, atomic_write_text, load_tensors
 from .tcdcn import TCDCN, TCDCNConfig
 
-__all__ = ["WEIGHTS_DIR", "WeightsError", "checked_record", "file_sha256", "load_model", "save_weights", "shipped_models"]
+__all__ = ["WEIGHTS_DIR", "WeightsError", "checked_record", "file_sha256", "load_checked", "load_model", "save_weights", "shipped_models"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 _SHIPPED = {"5pt": "tcdcn_5pt", "68pt": "tcdcn_68pt"}
@@ -54,6 +54,21 @@ def checked_record(path: Path) -> dict[str, Any]:
         raise WeightsError(f"{path}: sha256 {actual} does not match {expected} recorded in {record_path.name}; "
                            "the file is truncated or was modified")
     return record
+
+
+def load_checked(path: Path, what: str) -> Any:
+    """The tensors of a weights file after its checksum check (:func:`checked_record`), read with
+    ``weights_only=True``; :class:`WeightsError` naming the file (``what``: its kind, for the message) when it is
+    missing, fails the check or would need pickled code."""
+    from ..util.files import UnsafeFileError, load_tensors
+
+    if not path.is_file():
+        raise WeightsError(f"{what} {path} are missing from this installation")
+    checked_record(path)
+    try:
+        return load_tensors(path, f"{what} file")
+    except UnsafeFileError as exc:
+        raise WeightsError(str(exc)) from exc
 
 
 def save_weights(model: TCDCN, path: str | os.PathLike, meta: Mapping[str, Any] | None = None,

@@ -148,17 +148,10 @@ class YuNet(nn.Module):
 
 def load_yunet(path: str | Path | None = None) -> YuNet:
     """The shipped YuNet (sha256-checked against ``yunet.json``, read with ``weights_only=True``), eval mode."""
-    from ..util.files import UnsafeFileError, load_tensors
-    from .weights import WeightsError, checked_record
+    from .weights import WeightsError, load_checked
 
     path = WEIGHTS if path is None else Path(path)
-    if not path.is_file():
-        raise WeightsError(f"YuNet weights {path} are missing from this installation")
-    checked_record(path)
-    try:
-        state = load_tensors(path, "YuNet weights file")
-    except UnsafeFileError as exc:
-        raise WeightsError(str(exc)) from exc
+    state = load_checked(path, "YuNet weights")
     net = YuNet()
     try:
         net.load_state_dict(state)
