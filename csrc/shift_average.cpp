@@ -14,6 +14,7 @@
 #include "shift_average.h"
 
 #include "cpu/lc_stack_plan.h"
+#include "epilogue.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -305,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
                              ? shared_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh)
                              : local_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh);
   if (lc_fc) {  // fc (with its activation) and the heads as two locally connected layers on the maps as they lie
-    const int64_t epilogue[2] = {abs_tanh ? 1 : 3, 0};
+    const int64_t epilogue[2] = {abs_tanh ? kAbsTanh : kRelu, kPlain};
     const cpu::LcStackPlan plan({fc_weight, head_weight}, {fc_bias.view({F, 1, 1}), head_bias.view({D, 1, 1})},
                                 epilogue, maps, kOp);
     heads = plan.run(maps).view({N, U, D});

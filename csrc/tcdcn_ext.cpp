@@ -20,6 +20,7 @@
 #include "cpu/isa.h"
 #include "cpu/lc_stack_plan.h"
 #include "cpu/peak_flops.h"
+#include "epilogue.h"
 
 TORCH_LIBRARY(tcdcn_ext, m) {
   // Locally connected (unshared-weight) 2-D convolution. weight: [H_out, W_out, C_in, kH, kW, C_out]
@@ -31,9 +32,10 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Inference-only fused lc_conv2d + bias + |tanh| + 2x2 max pooling (stride 2, floor mode); CPU only.
   m.def("lc_conv2d_abs_tanh_maxpool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], "
         "int[2] padding=[0, 0]) -> Tensor");
-  // Inference-only, CPU only: locally connected layers in turn, each stride 1 and unpadded, with epilogue[i]
-  // 0 (none), 1 (|tanh|) or 2 (|tanh| + 2x2 max pooling): one call for a whole stack (at batch 1 a Python round
-  // trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's dtype.
+  // Inference-only, CPU only: locally connected (or spatially shared) layers in turn, each stride 1 and unpadded,
+  // with epilogue[i] an Epilogue code (epilogue.h; _C.EPILOGUES by name): one call for a whole stack (at batch 1 a
+  // Python round trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's
+  // dtype.
   m.def("lc_conv2d_stack(Tensor input, Tensor[] weight, Tensor?[] bias, int[] epilogue) -> Tensor");
   // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
@@ -285,6 +287,11 @@ PYBIND11_MODULE(_C, m) {
            "{names[i]: block i} with the first block viewed as [N, *first_shape], or None (as stacked).");
   m.def("empty_huge_pages", &empty_huge_pages,
         "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
+  // The epilogue codes of lc_conv2d_stack and StackEngine (epilogue.h), by name: tcdcn_ext.ops.LC_EPILOGUES mirrors
+  // them.
+  py::dict epilogues;
+  for (int e = 0; e < tcdcn::kNumEpilogues; ++e) epilogues[py::str(tcdcn::kEpilogueNames[e])] = e;
+  m.attr("EPILOGUES") = epilogues;
   m.attr("torch_version") = TORCH_VERSION;
 #ifdef _OPENMP
   m.attr("with_openmp") = true;

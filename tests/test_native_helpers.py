@@ -25,3 +25,9 @@ def test_built_with_the_thread_pool_torch_uses():
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
         assert _C.with_openmp
 
+
+def test_epilogue_codes_are_the_extensions():
+    """ops.LC_EPILOGUES (what lc_conv2d_stack and the inference plan pass) holds the C++ enum's codes (epilogue.h),
+    which _C exposes by name."""
+    assert _C.EPILOGUES == ops.LC_EPILOGUES
+    assert sorted(_C.EPILOGUES.values()) == list(range(len(_C.EPILOGUES)))

@@ -15,6 +15,7 @@
 #include "cpu/lc_stack_plan.h"
 #include "cpu/simd/lc_amx.h"
 #include "cpu/simd/lc_int8.h"
+#include "epilogue.h"
 #include "lc_conv2d_shape.h"
 
 namespace tcdcn {
@@ -137,9 +138,9 @@ LcGeom make_geom(const LcShape& s, const at::Tensor& x, std::vector<int64_t>& of
 // pooling epilogue each task gets whole pairs of output rows: a 2x2 cell is then written by one thread only, and
 // finished by its last location (kernels.h).
 template <typename F>
-void for_location_ranges(int64_t H_out, int64_t W_out, int64_t work, int epilogue, const F& fn) {
+void for_location_ranges(int64_t H_out, int64_t W_out, int64_t work, Epilogue epilogue, const F& fn) {
   const int64_t L = H_out * W_out;
-  if (epilogue != 2 && epilogue != 4) {
+  if (!pools(epilogue)) {
     at::parallel_for(0, L, grain_for(work), fn);
     return;
   }
@@ -150,17 +151,17 @@ void for_location_ranges(int64_t H_out, int64_t W_out, int64_t work, int epilogu
 }
 
 template <typename F>
-void for_location_ranges(const LcShape& s, int epilogue, const F& fn) {
+void for_location_ranges(const LcShape& s, Epilogue epilogue, const F& fn) {
   for_location_ranges(s.H_out, s.W_out, s.N * s.K() * s.C_out, epilogue, fn);
 }
 
-// epilogue: 0 plain, 1 |tanh|, 2 |tanh| then 2x2 max pooling (see cpu/simd/kernels.h). A float16 weight (with
+// epilogue: kPlain, kAbsTanh or kAbsTanhMaxPool (see cpu/simd/kernels.h). A float16 weight (with
 // float32 input and bias) is widened in the kernels' registers: float32 sums, float32 output.
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        at::IntArrayRef stride, at::IntArrayRef padding, int epilogue, const char* op) {
+                        at::IntArrayRef stride, at::IntArrayRef padding, Epilogue epilogue, const char* op) {
   const LcShape s = lc_conv2d_shape(input, weight, bias, stride, padding, op, /*half_weight_ok=*/true);
   TORCH_CHECK(input.device().is_cpu(), op, ": the CPU kernel got input on ", input.device());
-  const bool pool = epilogue == 2;
+  const bool pool = pools(epilogue);
   const auto cl = input.options().memory_format(at::MemoryFormat::ChannelsLast);
   // Channels-last output: the kernels write [N, H_out, W_out, C_out] rows of C_out without a transpose (and the
   // pooled epilogue needs no zero fill: kernels.h).
@@ -201,19 +202,19 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& weight, const
 
 at::Tensor lc_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          at::IntArrayRef stride, at::IntArrayRef padding) {
-  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/0, "lc_conv2d");
+  return forward_impl(input, weight, bias, stride, padding, kPlain, "lc_conv2d");
 }
 
 at::Tensor lc_conv2d_abs_tanh_cpu(const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding) {
-  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/1, "lc_conv2d_abs_tanh");
+  return forward_impl(input, weight, bias, stride, padding, kAbsTanh, "lc_conv2d_abs_tanh");
 }
 
 at::Tensor lc_conv2d_abs_tanh_maxpool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                             at::IntArrayRef padding) {
-  return forward_impl(input, weight, bias, stride, padding, /*epilogue=*/2, "lc_conv2d_abs_tanh_maxpool2d");
+  return forward_impl(input, weight, bias, stride, padding, kAbsTanhMaxPool, "lc_conv2d_abs_tanh_maxpool2d");
 }
 
 at::Tensor lc_conv2d_stack_cpu(const at::Tensor& input, at::TensorList weight,
@@ -285,6 +286,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
   return {gi, gw, gb};
 }
 
+// The accepted epilogue codes, for messages: "0 (none), 1 (abs_tanh), ... or 4 (relu_maxpool2d)".
+std::string epilogue_codes() {
+  std::string s;
+  for (int e = 0; e < kNumEpilogues; ++e) {
+    if (e > 0) s += e + 1 < kNumEpilogues ? ", " : " or ";
+    s += std::to_string(e) + " (" + kEpilogueNames[e] + ")";
+  }
+  return s;
+}
+
 }  // namespace
 
 namespace cpu {
@@ -303,10 +314,9 @@ LcStackPlan::LcStackPlan(const std::vector<at::Tensor>& weight, const std::vecto
   at::Tensor in = input;  // layer i's input: metadata only (later layers: a one-element stand-in of its shape)
   for (size_t i = 0; i < weight.size(); ++i) {
     const std::string name = std::string(op) + ": layer " + std::to_string(i);
-    TORCH_CHECK(epilogue[i] >= 0 && epilogue[i] <= 4, name, ": epilogue must be 0 (none), 1 (|tanh|), 2 (|tanh| ",
-                "and 2x2 max pooling), 3 (relu) or 4 (relu and 2x2 max pooling), got ", epilogue[i]);
+    TORCH_CHECK(valid_epilogue(epilogue[i]), name, ": epilogue must be ", epilogue_codes(), ", got ", epilogue[i]);
     Layer l{};
-    l.epilogue = int(epilogue[i]);
+    l.epilogue = static_cast<Epilogue>(epilogue[i]);
     l.shared = weight[i].dim() == 4;
     if (l.shared) {
       // A spatially shared convolution: weight [C_out, C_in, kH, kW], bias [C_out], kept as conv_forward reads them
@@ -484,7 +494,7 @@ at::Tensor LcStackPlan::run(const at::Tensor& x) const {
           g.in_off = l.off.data();
         }
         const scalar_t* bp = l.bias.defined() ? l.bias.const_data_ptr<scalar_t>() : nullptr;
-        const int ep = l.epilogue;
+        const Epilogue ep = l.epilogue;
         const auto launch = [&](auto fn, auto wp) {
           for_location_ranges(l.H_out, l.W_out, N * l.C_in * l.kH * l.kW * l.C_out, ep,
                               [&](int64_t l0, int64_t l1) { fn(g, in, wp, bp, dst, l0, l1, ep); });

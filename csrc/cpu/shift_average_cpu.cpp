@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "cpu/lc_stack_plan.h"
+#include "epilogue.h"
 #include "shift_average.h"
 
 namespace tcdcn {
@@ -109,7 +110,7 @@ at::Tensor unshift_average_cpu(const at::Tensor& heads, double shift_u, double s
 // on that plan re-sized to it.
 std::function<at::Tensor(const at::Tensor&)> conv_act_cpu(const at::Tensor& weight, const at::Tensor& bias,
                                                           bool abs_tanh) {
-  const int64_t epilogue = abs_tanh ? 1 : 3;
+  const int64_t epilogue = abs_tanh ? kAbsTanh : kRelu;
   const at::Tensor probe = at::empty_strided({0, weight.size(1), weight.size(2), weight.size(3)}, {0, 0, 0, 0},
                                              bias.options());
   auto plan = std::make_shared<const cpu::LcStackPlan>(std::vector<at::Tensor>{weight},

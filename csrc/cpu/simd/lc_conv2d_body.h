@@ -82,7 +82,7 @@ inline T finish_sum_scalar(T acc, const T* s, T b) {
 
 template <typename T, typename TW, int R, int V>
 inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl, const T* stile,
-                        const T* btile, T* out0, int64_t out_stride, int mode, int part) {
+                        const T* btile, T* out0, int64_t out_stride, Epilogue mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
@@ -116,14 +116,14 @@ inline void lc_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* wl
 // widens its weights once: eight faces with R = 9 are one tile, not eight).
 template <typename T, typename TW, int R, int V>
 inline void lc_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* stile,
-                        const T* btile, T* out0, int64_t out_stride, int64_t n, int mode, int part) {
+                        const T* btile, T* out0, int64_t out_stride, int64_t n, Epilogue mode, int part) {
   lc_fwd_tile<T, TW, R, V>(g, in + n * g.in_sN + base, wl, stile, btile, out0 + n * out_stride, out_stride, mode,
                            part);
 }
 
 template <typename T, typename TW, int V>
 inline void lc_fwd_faces(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const TW* wl, const T* stile,
-                         const T* btile, T* out0, int64_t out_stride, int64_t n0, int64_t n1, int mode, int part) {
+                         const T* btile, T* out0, int64_t out_stride, int64_t n0, int64_t n1, Epilogue mode, int part) {
   constexpr int R = rows_for(V);
   static_assert(R <= 12, "lc_fwd_faces: remainder tiles are dispatched up to 12 rows");
   int64_t n = n0;
@@ -182,7 +182,7 @@ inline void tree_sum(Vec (*acc)[V]) {
 // One location of R faces: rows[r] is face r's window corner, dst[r * dst_stride] its output slot.
 template <typename T, typename TW, int R, int V>
 inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const TW* wl, const T* sl, const T* bl,
-                       T* dst, int64_t dst_stride, int mode, int part) {
+                       T* dst, int64_t dst_stride, Epilogue mode, int part) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   constexpr int U = partial_sums_for(R, V);
@@ -232,7 +232,7 @@ inline void lc_fwd_loc(const tcdcn::cpu::LcGeom& g, const T* const* rows, const 
 // than divided out of l (a few integer divisions per location cost as much as a small layer's arithmetic).
 template <typename T, typename TW, int R, int V>
 inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias,
-                             T* out, int64_t n0, int64_t l0, int64_t l1, int64_t c0, int mode) {
+                             T* out, int64_t n0, int64_t l0, int64_t l1, int64_t c0, Epilogue mode) {
   const int64_t K = g.K(), C = g.C_out;
   const int64_t out_stride = out_slots(g, mode) * C;
   const bool pool = pooled(mode);
@@ -260,7 +260,7 @@ inline void lc_fwd_loc_range(const tcdcn::cpu::LcGeom& g, const T* in, const TW*
 // The channel vectors of faces [n0, n0 + R) in passes of at most few_faces_max_v(R) vectors.
 template <typename T, typename TW, int R>
 void lc_fwd_few_faces(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias, T* out,
-                      int64_t n0, int64_t l0, int64_t l1, int64_t c_full, int mode) {
+                      int64_t n0, int64_t l0, int64_t l1, int64_t c_full, Epilogue mode) {
   constexpr int W = VT<T>::W;
   constexpr int VMax = few_faces_max_v(R);
   for (int64_t c0 = 0; c0 < c_full;) {
@@ -284,7 +284,7 @@ constexpr int64_t kSmallBatch = 3;
 
 template <typename T, typename TW>
 void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias,
-                            T* out, int64_t l0, int64_t l1, int mode) {
+                            T* out, int64_t l0, int64_t l1, Epilogue mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out;
   const int64_t c_full = (C / W) * W;
@@ -321,7 +321,7 @@ constexpr int64_t kWeightChunkBytes = 512 * 1024;
 // contiguous runs, not one line per face per location) > location > channel tile > register tile of faces.
 template <typename T, typename TW>
 void lc_forward_scaled(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* ws, const T* bias, T* out,
-                       int64_t l0, int64_t l1, int mode) {
+                       int64_t l0, int64_t l1, Epilogue mode) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, N = g.N;
   if (N <= kSmallBatch) {
@@ -373,11 +373,11 @@ void lc_forward_scaled(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, co
 // The forward of unscaled (float32, float64, binary16) and of scaled (int8, with [L, C_out] scales) weights.
 template <typename T, typename TW>
 void lc_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
-                int64_t l1, int mode) {
+                int64_t l1, Epilogue mode) {
   lc_forward_scaled<T, TW>(g, in, w, nullptr, bias, out, l0, l1, mode);
 }
 inline void lc_forward_int8(const tcdcn::cpu::LcGeom& g, const float* in, const int8_t* w, const float* ws,
-                            const float* bias, float* out, int64_t l0, int64_t l1, int mode) {
+                            const float* bias, float* out, int64_t l0, int64_t l1, Epilogue mode) {
   lc_forward_scaled<float, int8_t>(g, in, w, ws, bias, out, l0, l1, mode);
 }
 
@@ -390,7 +390,7 @@ inline void lc_forward_int8(const tcdcn::cpu::LcGeom& g, const float* in, const 
 
 template <typename T, typename TW, int R, int V>
 inline void conv_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, int64_t row_step, const TW* w, int64_t cp,
-                          const T* b, T* dst0, int64_t dst_step_even, int64_t dst_step_odd, int j0, int i, int mode,
+                          const T* b, T* dst0, int64_t dst_step_even, int64_t dst_step_odd, int j0, int i, Epilogue mode,
                           int last_lanes) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
@@ -422,7 +422,7 @@ inline void conv_fwd_tile(const tcdcn::cpu::LcGeom& g, const T* row0, int64_t ro
 // Locations [j0, j0 + n) of output row i, channels [c0, c0 + V * W), n < = R (a dispatch on n).
 template <typename T, typename TW, int R, int V>
 inline void conv_fwd_span(const tcdcn::cpu::LcGeom& g, const T* row0, const TW* w, int64_t cp, const T* b, T* dst,
-                          int64_t de, int64_t dod, int j0, int n, int i, int mode, int last_lanes) {
+                          int64_t de, int64_t dod, int j0, int n, int i, Epilogue mode, int last_lanes) {
   const int64_t step = g.sW * g.in_sW;
   switch (n) {
 #define TCDCN_SPAN(r)                                                                                          \
@@ -441,7 +441,7 @@ constexpr int kConvMaxV = 4;
 
 template <typename T, typename TW, int V>
 void conv_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
-                   int64_t l1, int64_t c0, int mode) {
+                   int64_t l1, int64_t c0, Epilogue mode) {
   constexpr int W = VT<T>::W;
   constexpr int R = rows_for(V);
   const int64_t C = g.C_out, cp = conv_channel_pad(C);
@@ -473,7 +473,7 @@ void conv_fwd_rows(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const 
 
 template <typename T, typename TW>
 void conv_forward(const tcdcn::cpu::LcGeom& g, const T* in, const TW* w, const T* bias, T* out, int64_t l0,
-                  int64_t l1, int mode) {
+                  int64_t l1, Epilogue mode) {
   constexpr int W = VT<T>::W;
   const int64_t C = g.C_out;
   const int64_t nvec = (C + W - 1) / W;  // the last one may be partly padding
