@@ -196,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
     }
     if (output_mask[0]) {
       // Weights as [L, C_out, kH, kW, C_in] and grad_input channels-last: the taps' gradients are added back
-      // as contiguous runs of C_in (see lc_conv2d_body.h).
+      // as contiguous runs of C_in (see cpu/simd/lc_backward_input_body.h).
       const at::Tensor wt = weight.permute({0, 1, 5, 3, 4, 2}).contiguous();
       at::Tensor gi_cl = at::zeros({s.N, g.H, g.W, s.C_in}, opts);
       const scalar_t* wtp = wt.const_data_ptr<scalar_t>();

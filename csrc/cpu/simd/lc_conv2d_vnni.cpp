@@ -21,7 +21,7 @@ namespace tcdcn::cpu::vnni {
 
 namespace {
 
-// As the float few-faces path (lc_conv2d_body.h): prefetch the weight stream this far ahead into L1.
+// As the float few-faces path (lc_forward_body.h): prefetch the weight stream this far ahead into L1.
 constexpr int64_t kPairPrefetchBytes = 2048;
 // Faces per register tile.
 constexpr int kMaxFaces = 4;

@@ -1,5 +1,6 @@
 // The forward kernels' epilogues (store, |tanh|, relu, each with or without the fused 2x2 max pooling) and the
-// output-slot arithmetic of the pooled ones: shared by lc_conv2d_body.h and the int8 kernels (lc_conv2d_vnni.cpp).
+// output-slot arithmetic of the pooled ones: shared by the float forwards (lc_forward_body.h, conv_forward_body.h)
+// and the int8 kernels (lc_conv2d_vnni.cpp, lc_conv2d_amx.cpp).
 // Included inside an ISA namespace after vec.h and abs_tanh_math.h; no include guard on purpose (each ISA
 // namespace gets its own copy, see lc_conv2d_body.h).
 
