@@ -12,7 +12,6 @@
 
 #include "cpu/huge_pages.h"
 #include "cpu/isa.h"
-#include "cpu/peak_flops.h"
 #include "cpu/stack_engine.h"
 #include "cpu/thread_team.h"
 #include "epilogue.h"
@@ -130,10 +129,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
         "Force a CPU kernel path (for tests); raises if the host cannot run it.");
-  m.def("fma_peak_gflops", &tcdcn::cpu::fma_peak_gflops, pybind11::arg("seconds") = 0.2,
-        pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "fp32 GFLOP/s of independent vector FMA chains on the calling thread (active CPU path), best of the runs "
-        "within `seconds`: the arithmetic ceiling of one core. Releases the GIL, so threads measure in parallel.");
   // Helpers of TCDCN's one-op inference path (model.py), which runs at batch 1 right after its weight stream has
   // evicted the interpreter's working set: one call checks the plan's twenty source parameters (forty attribute
   // reads from Python cost ~11 us there), and the plan's weights lie in one huge-page buffer (their ~1700 4 KiB
