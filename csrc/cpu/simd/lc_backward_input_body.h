@@ -1,4 +1,4 @@
-// lc_conv2d grad_input (LcKernels::backward_input).
+// lc_conv2d grad_input (LcKernels::backward_input); its face blocks are the forward's (kFaceBlock, lc_forward_body.h).
 // Included inside an ISA namespace by lc_conv2d_body.h (after vec.h, abs_tanh_math.h, lc_epilogue.h and the
 // pieces before it there); no include guard on purpose: each ISA namespace gets its own copy, compiled with that
 // file's flags (lc_conv2d_body.h says why).

@@ -1,6 +1,5 @@
-// The pieces of the lc_conv2d kernel bodies that several use: the weights' widening loads (float32, float64,
-// binary16, int8) and the sums of scaled weights (lc_forward_body.h, conv_forward_body.h), and the face block
-// (lc_forward_body.h, lc_backward_input_body.h).
+// The pieces of the forward kernel bodies that both use (lc_forward_body.h, conv_forward_body.h): the weights'
+// widening loads (float32, float64, binary16, int8) and the sums of scaled weights.
 // Included inside an ISA namespace by lc_conv2d_body.h (after vec.h, abs_tanh_math.h, lc_epilogue.h and the
 // pieces before it there); no include guard on purpose: each ISA namespace gets its own copy, compiled with that
 // file's flags (lc_conv2d_body.h says why).
@@ -68,8 +67,5 @@ inline T finish_sum_scalar(T acc, const T* s, T b) {
   else
     return acc + b;
 }
-
-// Faces per block: a multiple of every rows_for(V) (12, 9, 6, 3, 2), so blocks split into full tiles.
-constexpr int64_t kFaceBlock = 36;
 
 }  // namespace

@@ -3,8 +3,8 @@
 // bytes, 0 = scalar) and TCDCN_NUM_VREGS, then includes vec.h, abs_tanh_math.h and this file inside its own
 // namespace, so every instantiation here is compiled with exactly that file's ISA flags. The bodies, by what they
 // compute:
-//   lc_common_body.h           weight loads (float32, float64, binary16, int8) and scaled sums; the face block
-//   lc_forward_body.h          the locally connected forward
+//   lc_common_body.h           weight loads (float32, float64, binary16, int8) and scaled sums
+//   lc_forward_body.h          the locally connected forward (and the face block grad_input shares)
 //   conv_forward_body.h        the spatially shared convolution forward
 //   lc_backward_weight_body.h  grad_weight and grad_bias
 //   lc_backward_input_body.h   grad_input

@@ -242,6 +242,11 @@ void lc_forward_small_batch(const tcdcn::cpu::LcGeom& g, const T* in, const TW* 
   }
 }
 
+// Faces per block: a multiple of every rows_for(V) (12, 9, 6, 3, 2), so blocks split into full tiles (also the
+// grad_input kernel's blocks, lc_backward_input_body.h). Declared where it was before lc_conv2d_body.h was split:
+// declared earlier (in lc_common_body.h), it changed GCC 12's register allocation in the avx512 kernels with some
+// flags; here every lc_conv2d_*.o has the instructions it had before the split.
+constexpr int64_t kFaceBlock = 36;
 // Weights of a chunk of locations kept hot in L2 while every face block passes over them.
 constexpr int64_t kWeightChunkBytes = 512 * 1024;
 
