@@ -125,7 +125,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("thread_team_size", &tcdcn::cpu::thread_team_size, pybind11::arg("n"),
         "Set the calling thread's OpenMP team size (what torch's intra-op parallelism uses in this thread) to n "
         "(n <= 0: leave it); returns the previous size.");
-  m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2' or 'avx512'.");
+  m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2', 'avx512', 'vnni' or 'amx'.");
   m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
         "Force a CPU kernel path (for tests); raises if the host cannot run it.");
