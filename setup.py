@@ -104,7 +104,7 @@ def _cuda_include_and_link() -> tuple[list[str], list[str], list[str]]:
 
 def _up_to_date(obj: str, src: str, args: list[str]) -> bool:
     """Whether a per-ISA kernel object is newer than its source and every header it may include (the torch-free
-    headers under csrc/cpu/simd and csrc/cpu), and was compiled with the same flags."""
+    headers under csrc/cpu/simd, csrc/cpu and csrc, e.g. csrc/epilogue.h), and was compiled with the same flags."""
     try:
         with open(obj + ".flags") as f:
             if f.read() != " ".join(args):
@@ -113,6 +113,7 @@ def _up_to_date(obj: str, src: str, args: list[str]) -> bool:
     except OSError:
         return False
     deps = [src] + glob.glob(os.path.join(CSRC, "cpu", "simd", "*.h")) + glob.glob(os.path.join(CSRC, "cpu", "*.h"))
+    deps += glob.glob(os.path.join(CSRC, "*.h"))
     return all(os.path.getmtime(d) <= built for d in deps)
 
 

@@ -1,8 +1,9 @@
 """This machine's ceilings, measured in the same run as the model rows they bound (issue 6):
 
-* ``fma_peak[1|2]``: fp32 GFLOP/s of independent vector FMA chains (``tcdcn_ext._C.fma_peak_gflops``, the active
-  CPU path's vector width) on 1 and on 2 threads at once. Divided by the ~6.8 MFLOP of one 5-point face, it is
-  the batched throughput no implementation can pass (extra_info ``faces_per_s_bound``).
+* ``fma_peak[1|2]``: fp32 GFLOP/s of independent vector FMA chains (``fma_peak.py``: a micro-benchmark built on first
+  use, not part of ``tcdcn_ext._C``; the active CPU path's vector width) on 1 and on 2 threads at once. Divided by the
+  ~6.8 MFLOP of one 5-point face, it is the batched throughput no implementation can pass (extra_info
+  ``faces_per_s_bound``).
 * ``read_weights[fp32|fp16]``: one thread streaming the 5-point network's locally connected weights once
   (13.4 MB fp32, 6.7 MB fp16; ``torch.sum``): the batch-1 latency floor (every weight is used once per face).
 
@@ -16,7 +17,8 @@ import threading
 import pytest
 import torch
 
-from tcdcn_ext import _C, ops
+from fma_peak import peak_function
+from tcdcn_ext import ops
 from tcdcn_ext.model import TCDCN
 from tcdcn_ext.nn import LocallyConnected2d
 
@@ -31,10 +33,11 @@ def _flop_per_face() -> float:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fma_peak(benchmark, threads):
     results: list[float] = []
+    peak = peak_function()  # built (or taken from the cache) before the threads start
 
     def run():
         results.clear()
-        ts = [threading.Thread(target=lambda: results.append(_C.fma_peak_gflops(0.2))) for _ in range(threads)]
+        ts = [threading.Thread(target=lambda: results.append(peak(0.2))) for _ in range(threads)]
         for t in ts:
             t.start()
         for t in ts:

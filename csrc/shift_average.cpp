@@ -13,8 +13,6 @@
 // reading the weights).
 #include "shift_average.h"
 
-#include "cpu/lc_stack_plan.h"
-
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -157,8 +155,8 @@ at::Tensor local_features(const ShiftAverageKernels& kernels, const at::Tensor& 
                           at::TensorList conv_bias, at::IntArrayRef pool_after, bool abs_tanh) {
   at::Tensor h = kernels.windows(crop, win, S);  // [N * K, 1, S, S]
   const std::vector<int64_t> one{1, 1}, zero{0, 0};
-  // The CPU has a kernel that also does the |tanh| and the 2x2 pooling in the same pass.
-  const bool fused_pool = crop.device().is_cpu() && abs_tanh;
+  // Where the device has it (the CPU), one kernel also does the |tanh| and the 2x2 pooling in the same pass.
+  const bool fused_pool = kernels.lc_fused_pool && abs_tanh;
   for (size_t l = 0; l < conv_weight.size(); ++l) {
     const std::optional<at::Tensor> b = conv_bias[l];
     if (pool_after[l] && fused_pool) {
@@ -221,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
   int64_t side = S, channels = 1;
   for (size_t l = 0; l < L; ++l) {
     const std::string w = "conv_weight[" + std::to_string(l) + "]", b = "conv_bias[" + std::to_string(l) + "]";
-    check_tensor(conv_weight[l], crop, w, /*half_ok=*/!shared_conv && crop.device().is_cpu());
+    check_tensor(conv_weight[l], crop, w, /*half_ok=*/!shared_conv && kernels.lc_half_weights);
     check_tensor(conv_bias[l], crop, b);
     const at::Tensor& cw = conv_weight[l];
     int64_t k = 0, c_out = 0;
@@ -256,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
   // [1, 1, C, s, s, F] and [1, 1, F, 1, 1, D] (float16 allowed; TCDCN's inference copies), run on the lc kernels
   // straight from the feature maps.
   const bool lc_fc = fc_weight.dim() == 6;
-  const bool lc_ok = crop.device().is_cpu();
+  const bool lc_ok = kernels.lc_heads != nullptr;  // the CPU's
   check_tensor(fc_weight, crop, "fc_weight", /*half_ok=*/lc_fc && lc_ok);
   check_tensor(fc_bias, crop, "fc_bias");
   check_tensor(head_weight, crop, "head_weight", /*half_ok=*/lc_fc && lc_ok);
@@ -305,10 +303,7 @@ std::tuple<at::Tensor, at::Tensor> shift_average_forward(
                              ? shared_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh)
                              : local_features(kernels, crop, uniq, S, conv_weight, conv_bias, pool_after, abs_tanh);
   if (lc_fc) {  // fc (with its activation) and the heads as two locally connected layers on the maps as they lie
-    const int64_t epilogue[2] = {abs_tanh ? 1 : 3, 0};
-    const cpu::LcStackPlan plan({fc_weight, head_weight}, {fc_bias.view({F, 1, 1}), head_bias.view({D, 1, 1})},
-                                epilogue, maps, kOp);
-    heads = plan.run(maps).view({N, U, D});
+    heads = kernels.lc_heads(maps, fc_weight, fc_bias, head_weight, head_bias, abs_tanh).view({N, U, D});
   } else {
     at::Tensor f = activate(at::addmm(fc_bias, maps.reshape({N * U, flat}), fc_weight.t()), abs_tanh);
     heads = at::addmm(head_bias, f, head_weight.t()).reshape({N, U, D});

@@ -1,8 +1,8 @@
 // tcdcn_ext::shift_average (TCDCN-Averaged): the device-independent part of the op, shared by the CPU
-// (cpu/shift_average_cpu.cpp) and CUDA (cuda/shift_average_cuda.cu) registrations. Each device supplies the two
-// memory-bound kernels below (and the CPU its direct convolution for spatially shared layers); the other
-// convolutions go through tcdcn_ext's own ops (locally connected layers) or at::conv2d, dispatched on the crop's
-// device.
+// (cpu/shift_average_cpu.cpp) and CUDA (cuda/shift_average_cuda.cu) registrations. Each device supplies the
+// memory-bound kernels below (and the CPU its direct convolution for spatially shared layers and its locally
+// connected fc and heads); the other convolutions go through tcdcn_ext's own ops (locally connected layers) or
+// at::conv2d, dispatched on the crop's device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -36,6 +36,16 @@ struct ShiftAverageKernels {
   // (any strides, any H and W the kernel fits). Null: at::conv2d and the activation op.
   std::function<at::Tensor(const at::Tensor&)> (*conv_act)(const at::Tensor& weight, const at::Tensor& bias,
                                                            bool abs_tanh) = nullptr;
+  // fc (then the activation) and the heads with their weights in the locally connected layout, fc_weight
+  // [1, 1, C, s, s, F] and head_weight [1, 1, F, 1, 1, D] (checked by the caller; float16 allowed with a float32
+  // map), biases [F] or [F, 1, 1] and [D] or [D, 1, 1], on the maps [M, C, s, s] as they lie -> heads [M, D].
+  // Null: the device takes only the [F, C * s * s] and [D, F] layout (at::addmm).
+  at::Tensor (*lc_heads)(const at::Tensor& maps, const at::Tensor& fc_weight, const at::Tensor& fc_bias,
+                         const at::Tensor& head_weight, const at::Tensor& head_bias, bool abs_tanh) = nullptr;
+  // The device's tcdcn_ext::lc_conv2d ops take float16 weights with a float32 input, and it has
+  // tcdcn_ext::lc_conv2d_abs_tanh_maxpool2d (|tanh| and the 2x2 pooling fused into the layer's pass).
+  bool lc_half_weights = false;
+  bool lc_fused_pool = false;
 };
 
 // The output of ShiftAverageKernels::pool2x2 (checked cells, [N, C, h, w] in the map's memory format), shared by

@@ -1,25 +1,21 @@
-// The one place that declares every tcdcn_ext operator schema, plus the small pybind11 module `_C`.
-// This is the only translation unit that includes <torch/extension.h> (it costs ~35 s to compile);
-// kernels register their implementations from their own files with TORCH_LIBRARY_IMPL.
+// The one place that declares every tcdcn_ext operator schema, plus the pybind11 module `_C` (bindings only: what
+// it binds lives in files of its own, see docs/CSRC.md). This is the only translation unit that includes
+// <torch/extension.h> (it costs ~35 s to compile); kernels register their implementations from their own files
+// with TORCH_LIBRARY_IMPL.
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <cstdlib>
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "cpu/huge_pages.h"
 #include "cpu/isa.h"
-#include "cpu/lc_stack_plan.h"
-#include "cpu/peak_flops.h"
+#include "cpu/stack_engine.h"
+#include "cpu/thread_team.h"
+#include "epilogue.h"
+#include "tensor_watch.h"
 
 TORCH_LIBRARY(tcdcn_ext, m) {
   // Locally connected (unshared-weight) 2-D convolution. weight: [H_out, W_out, C_in, kH, kW, C_out]
@@ -31,9 +27,10 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Inference-only fused lc_conv2d + bias + |tanh| + 2x2 max pooling (stride 2, floor mode); CPU only.
   m.def("lc_conv2d_abs_tanh_maxpool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=[1, 1], "
         "int[2] padding=[0, 0]) -> Tensor");
-  // Inference-only, CPU only: locally connected layers in turn, each stride 1 and unpadded, with epilogue[i]
-  // 0 (none), 1 (|tanh|) or 2 (|tanh| + 2x2 max pooling): one call for a whole stack (at batch 1 a Python round
-  // trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's dtype.
+  // Inference-only, CPU only: locally connected (or spatially shared) layers in turn, each stride 1 and unpadded,
+  // with epilogue[i] an Epilogue code (epilogue.h; _C.EPILOGUES by name): one call for a whole stack (at batch 1 a
+  // Python round trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's
+  // dtype.
   m.def("lc_conv2d_stack(Tensor input, Tensor[] weight, Tensor?[] bias, int[] epilogue) -> Tensor");
   // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
@@ -77,198 +74,72 @@ std::vector<std::string> cpu_isas_supported() {
   return out;
 }
 
-// Remembers tensors and their (version counter, storage address); changed() tells whether one of them has been
-// modified in place or given new storage since. Inference tensors (made under torch.inference_mode) have no
-// version counter: only their storage is watched.
-class TensorWatch {
+// f() with the GIL released.
+template <typename F>
+auto nogil(const F& f) {
+  py::gil_scoped_release released;
+  return f();
+}
+
+template <typename T>
+py::object or_none(std::optional<T> v) {
+  return v ? py::cast(std::move(*v)) : py::none();
+}
+
+// _C.StackEngine: cpu::StackEngine (cpu/stack_engine.h) as Python sees it. A call the engine does not serve gives
+// None; every call runs with the GIL released (the checks and the kernels); outputs() is a dict keyed by the
+// blocks' names, made Python strings once here.
+class PyStackEngine {
  public:
-  explicit TensorWatch(std::vector<at::Tensor> tensors) : tensors_(std::move(tensors)) {
-    for (const at::Tensor& t : tensors_) stamp_.push_back(stamp_of(t));
-  }
-  bool changed() const {
-    for (size_t i = 0; i < tensors_.size(); ++i)
-      if (stamp_of(tensors_[i]) != stamp_[i]) return true;
-    return false;
-  }
-
- private:
-  static std::pair<int64_t, const void*> stamp_of(const at::Tensor& t) {
-    return {t.is_inference() ? 0 : int64_t(t._version()), t.has_storage() ? t.const_data_ptr() : nullptr};
-  }
-  std::vector<at::Tensor> tensors_;
-  std::vector<std::pair<int64_t, const void*>> stamp_;
-};
-
-// TCDCN's CPU inference path (model.py) as one object: an LcStackPlan of the whole network (the last layer the
-// stacked heads, a 1 x 1 map), the heads' column counts (and names, the landmark block's shape, which blocks are
-// class logits), and a TensorWatch on the parameters the plan's weights were made from. Every call (stacked,
-// probabilities, heads, outputs) returns None where the plan does not serve x (dtype, device, shape) or the
-// parameters changed since (the caller then rebuilds it or takes the module path, which names what is wrong); the
-// kernels run with the GIL released.
-class StackEngine {
- public:
-  StackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
-              const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
-              std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape,
-              std::vector<bool> softmax, const std::vector<std::optional<at::Tensor>>& scale = {})
-      : plan_(weight, bias, epilogue, example, "StackEngine", scale),
-        split_(std::move(split)),
-        watch_(std::move(sources)),
-        first_shape_(std::move(first_shape)),
-        softmax_(std::move(softmax)) {
-    TORCH_CHECK(softmax_.empty() || softmax_.size() == split_.size(), "StackEngine: ", softmax_.size(),
-                " softmax flags for ", split_.size(), " split blocks");
-    TORCH_CHECK(softmax_.empty() || example.scalar_type() == at::kFloat, "StackEngine: softmax blocks need float32");
-    TORCH_CHECK(names.empty() || names.size() == split_.size(), "StackEngine: ", names.size(), " names for ",
-                split_.size(), " split blocks");
-    for (const std::string& n : names) names_.push_back(py::str(n));
-    int64_t first = 1;
-    for (int64_t d : first_shape_) first *= d;
-    TORCH_CHECK(first_shape_.empty() || (!split_.empty() && first == split_[0]), "StackEngine: first_shape ",
-                at::IntArrayRef(first_shape_), " does not hold the first block's ", split_.empty() ? 0 : split_[0],
-                " columns");
-    int64_t total = 0;
-    for (int64_t n : split_) {
-      TORCH_CHECK(n >= 0, "StackEngine: split sizes must be >= 0, got ", n);
-      total += n;
-    }
-    TORCH_CHECK(total == plan_.out_channels(), "StackEngine: split sizes add up to ", total, " but the last layer has ",
-                plan_.out_channels(), " output channels");
-    TORCH_CHECK(plan_.out_height() == 1 && plan_.out_width() == 1, "StackEngine: the last layer must give a 1 x 1 ",
-                "map, got ", plan_.out_height(), " x ", plan_.out_width());
+  PyStackEngine(const std::vector<at::Tensor>& weight, const std::vector<std::optional<at::Tensor>>& bias,
+                const std::vector<int64_t>& epilogue, const at::Tensor& example, std::vector<int64_t> split,
+                std::vector<at::Tensor> sources, std::vector<std::string> names, std::vector<int64_t> first_shape,
+                std::vector<bool> softmax, const std::vector<std::optional<at::Tensor>>& scale)
+      : engine_(weight, bias, epilogue, example, std::move(split), std::move(sources), std::move(names),
+                std::move(first_shape), std::move(softmax), scale) {
+    for (const std::string& n : engine_.names()) names_.push_back(py::str(n));
   }
 
-  py::object stacked(const at::Tensor& x) const {
-    if (!usable(x)) return py::none();
-    return py::cast(run(x));
-  }
-
-  // stacked() with each block flagged in `softmax` turned into probabilities (softmax over its columns, per row).
+  py::object stacked(const at::Tensor& x) const { return or_none(nogil([&] { return engine_.stacked(x); })); }
   py::object probabilities(const at::Tensor& x) const {
-    TORCH_CHECK(softmax_.size() == split_.size(), "StackEngine.probabilities: the engine was made without softmax "
-                "flags");
-    if (!usable(x)) return py::none();
-    at::Tensor y = run(x);
-    float* p = y.mutable_data_ptr<float>();  // [N, D] contiguous (run's view of a [N, D, 1, 1] output)
-    const int64_t N = y.size(0), D = y.size(1);
-    for (int64_t n = 0; n < N; ++n) {
-      float* row = p + n * D;
-      int64_t c = 0;
-      for (size_t b = 0; b < split_.size(); c += split_[b], ++b) {
-        if (!softmax_[b] || split_[b] == 0) continue;
-        float* z = row + c;
-        float top = z[0];
-        for (int64_t i = 1; i < split_[b]; ++i) top = z[i] > top || z[i] != z[i] ? z[i] : top;  // NaN wins
-        float total = 0.f;
-        for (int64_t i = 0; i < split_[b]; ++i) total += (z[i] = std::exp(z[i] - top));
-        for (int64_t i = 0; i < split_[b]; ++i) z[i] /= total;
-      }
-    }
-    return py::cast(y);
+    return or_none(nogil([&] { return engine_.probabilities(x); }));
   }
-
-  py::object heads(const at::Tensor& x) const {
-    if (!usable(x)) return py::none();
-    return py::cast(split(run(x)));
-  }
-
-  // {names[i]: block i}, the first block viewed as [N, *first_shape]; None as stacked().
+  py::object heads(const at::Tensor& x) const { return or_none(nogil([&] { return engine_.heads(x); })); }
   py::object outputs(const at::Tensor& x) const {
-    TORCH_CHECK(names_.size() == split_.size(), "StackEngine.outputs: the engine was made without names");
-    if (!usable(x)) return py::none();
-    std::vector<at::Tensor> parts = split(run(x));
-    if (!first_shape_.empty()) {
-      std::vector<int64_t> shape{parts[0].size(0)};
-      shape.insert(shape.end(), first_shape_.begin(), first_shape_.end());
-      parts[0] = parts[0].view(shape);
-    }
+    std::optional<std::vector<at::Tensor>> parts = nogil([&] { return engine_.outputs(x); });
+    if (!parts) return py::none();
     py::dict out;
-    for (size_t i = 0; i < parts.size(); ++i) out[names_[i]] = py::cast(std::move(parts[i]));
+    for (size_t i = 0; i < parts->size(); ++i) out[names_[i]] = py::cast(std::move((*parts)[i]));
     return std::move(out);
   }
 
  private:
-  bool usable(const at::Tensor& x) const { return plan_.serves(x) && !watch_.changed(); }
-  // Column blocks of y ([N, D]), contiguous like per-head products (a single row already is).
-  std::vector<at::Tensor> split(const at::Tensor& y) const {
-    std::vector<at::Tensor> parts = y.split_with_sizes(split_, 1);
-    if (y.size(0) > 1)
-      for (at::Tensor& p : parts) p = p.contiguous();
-    return parts;
-  }
-  // [N, D]: the last layer's [N, D, 1, 1] output.
-  at::Tensor run(const at::Tensor& x) const {
-    at::Tensor y;
-    {
-      py::gil_scoped_release nogil;
-      y = plan_.run(x);
-    }
-    return y.view({y.size(0), y.size(1)});
-  }
-
-  tcdcn::cpu::LcStackPlan plan_;
-  std::vector<int64_t> split_;
-  TensorWatch watch_;
-  std::vector<int64_t> first_shape_;
-  std::vector<bool> softmax_;
+  tcdcn::cpu::StackEngine engine_;
   std::vector<py::str> names_;
 };
 
-// Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages (Linux;
-// elsewhere, or if that allocation fails, an ordinary one).
-at::Tensor empty_huge_pages(int64_t nbytes) {
-  TORCH_CHECK(nbytes >= 0, "empty_huge_pages: nbytes must be >= 0, got ", nbytes);
-#if defined(__linux__)
-  constexpr size_t kHuge = size_t(2) << 20;
-  const size_t size = (size_t(nbytes) + kHuge - 1) / kHuge * kHuge;
-  if (size > 0) {
-    if (void* p = std::aligned_alloc(kHuge, size)) {
-      madvise(p, size, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KiB
-      return at::from_blob(p, {nbytes}, [](void* q) { std::free(q); }, at::TensorOptions().dtype(at::kByte));
-    }
-  }
-#endif
-  return at::empty({nbytes}, at::TensorOptions().dtype(at::kByte));
-}
-
 }  // namespace
-
-// The calling thread's OpenMP team size (the per-thread nthreads ICV that at::get_num_threads() reads with torch's
-// OpenMP backend) set to n; returns the previous value. Other threads keep theirs.
-int thread_team_size(int n) {
-#ifdef _OPENMP
-  const int previous = omp_get_max_threads();
-  if (n > 0) omp_set_num_threads(n);
-  return previous;
-#else
-  (void)n;
-  return 1;
-#endif
-}
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "tcdcn_ext native helpers; the operators live in torch.ops.tcdcn_ext";
-  m.def("thread_team_size", &thread_team_size, pybind11::arg("n"),
+  m.def("thread_team_size", &tcdcn::cpu::thread_team_size, pybind11::arg("n"),
         "Set the calling thread's OpenMP team size (what torch's intra-op parallelism uses in this thread) to n "
         "(n <= 0: leave it); returns the previous size.");
-  m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2' or 'avx512'.");
+  m.def("cpu_isa", &cpu_isa_name, "The CPU kernel path in use: 'ref', 'avx2', 'avx512', 'vnni' or 'amx'.");
   m.def("cpu_isas_supported", &cpu_isas_supported, "Every CPU kernel path this host can run.");
   m.def("set_cpu_isa", [](const std::string& name) { tcdcn::cpu::set_isa(tcdcn::cpu::isa_from_name(name)); },
         "Force a CPU kernel path (for tests); raises if the host cannot run it.");
-  m.def("fma_peak_gflops", &tcdcn::cpu::fma_peak_gflops, pybind11::arg("seconds") = 0.2,
-        pybind11::call_guard<pybind11::gil_scoped_release>(),
-        "fp32 GFLOP/s of independent vector FMA chains on the calling thread (active CPU path), best of the runs "
-        "within `seconds`: the arithmetic ceiling of one core. Releases the GIL, so threads measure in parallel.");
   // Helpers of TCDCN's one-op inference path (model.py), which runs at batch 1 right after its weight stream has
   // evicted the interpreter's working set: one call checks the plan's twenty source parameters (forty attribute
   // reads from Python cost ~11 us there), and the plan's weights lie in one huge-page buffer (their ~1700 4 KiB
   // pages would also evict the TLB's entries for everything else).
-  py::class_<TensorWatch>(m, "TensorWatch",
-                          "Remembers tensors; changed() tells whether one was modified in place or re-stored since.")
+  py::class_<tcdcn::TensorWatch>(m, "TensorWatch",
+                                 "Remembers tensors; changed() tells whether one was modified in place or re-stored "
+                                 "since.")
       .def(py::init<std::vector<at::Tensor>>())
-      .def("changed", &TensorWatch::changed);
-  py::class_<StackEngine>(m, "StackEngine",
-                          "A checked stack of convolutional layers run in one call: TCDCN's CPU inference path.")
+      .def("changed", &tcdcn::TensorWatch::changed);
+  py::class_<PyStackEngine>(m, "StackEngine",
+                            "A checked stack of convolutional layers run in one call: TCDCN's CPU inference path.")
       .def(py::init<const std::vector<at::Tensor>&, const std::vector<std::optional<at::Tensor>>&,
                     const std::vector<int64_t>&, const at::Tensor&, std::vector<int64_t>, std::vector<at::Tensor>,
                     std::vector<std::string>, std::vector<int64_t>, std::vector<bool>,
@@ -277,14 +148,19 @@ PYBIND11_MODULE(_C, m) {
            py::arg("sources"), py::arg("names") = std::vector<std::string>(),
            py::arg("first_shape") = std::vector<int64_t>(), py::arg("softmax") = std::vector<bool>(),
            py::arg("scale") = std::vector<std::optional<at::Tensor>>())
-      .def("stacked", &StackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
-      .def("probabilities", &StackEngine::probabilities,
+      .def("stacked", &PyStackEngine::stacked, "[N, D] output, or None where x is not served / sources changed.")
+      .def("probabilities", &PyStackEngine::probabilities,
            "stacked() with the blocks flagged in `softmax` as probabilities (softmax per row), or None.")
-      .def("heads", &StackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).")
-      .def("outputs", &StackEngine::outputs,
+      .def("heads", &PyStackEngine::heads, "The output split into [N, split[i]] blocks, or None (as stacked).")
+      .def("outputs", &PyStackEngine::outputs,
            "{names[i]: block i} with the first block viewed as [N, *first_shape], or None (as stacked).");
-  m.def("empty_huge_pages", &empty_huge_pages,
+  m.def("empty_huge_pages", &tcdcn::cpu::empty_huge_pages,
         "Uninitialised uint8 CPU tensor of nbytes on 2 MiB-aligned memory advised as transparent huge pages.");
+  // The epilogue codes of lc_conv2d_stack and StackEngine (epilogue.h), by name: tcdcn_ext.ops.LC_EPILOGUES mirrors
+  // them.
+  py::dict epilogues;
+  for (int e = 0; e < tcdcn::kNumEpilogues; ++e) epilogues[py::str(tcdcn::kEpilogueNames[e])] = e;
+  m.attr("EPILOGUES") = epilogues;
   m.attr("torch_version") = TORCH_VERSION;
 #ifdef _OPENMP
   m.attr("with_openmp") = true;

@@ -1,4 +1,4 @@
-// A stack of locally connected layers (each stride 1, unpadded, with its epilogue) checked once for one input shape
+// A stack of convolutional layers (each stride 1, unpadded, with its epilogue) checked once for one input shape
 // and then run any number of times: what the tcdcn_ext::lc_conv2d_stack op does on each call, and what TCDCN's CPU
 // inference path keeps (through tcdcn_ext._C.StackEngine) so that a batch-1 forward pays for the kernels and one
 // allocation, not for the argument checks, the dispatcher and per-layer temporaries (together ~40 us per call, a
@@ -12,14 +12,15 @@
 #include <optional>
 #include <vector>
 
+#include "epilogue.h"
+
 namespace tcdcn::cpu {
 
 class LcStackPlan {
  public:
   // weight[i]: locally connected [H_out, W_out, C_in, kH, kW, C_out] with bias[i] [C_out, H_out, W_out] or none,
   // or a spatially shared convolution [C_out, C_in, kH, kW] with bias[i] [C_out] or none; of the input's dtype, or
-  // float16 with a float32 input. epilogue[i]: 0 (none), 1 (|tanh|), 2 (|tanh| and 2x2 max pooling), 3 (relu),
-  // 4 (relu and 2x2 max pooling).
+  // float16 with a float32 input. epilogue[i]: an Epilogue code (epilogue.h).
   // `input` gives the dtype, device and shape [N, C, H, W] the plan serves (only its metadata is read; N is free).
   // Errors name `op` and the layer. Keeps references to the weights (and channels-last copies of biases that are
   // not laid out so already).
@@ -57,12 +58,12 @@ class LcStackPlan {
     at::Tensor tile_weight;
     void set_pairs();
     bool shared;
-    int epilogue;
+    Epilogue epilogue;
     int64_t C_in, H, W, C_out, H_out, W_out, kH, kW;
     std::vector<int64_t> off;  // the kernels' in_off table (kernels.h) for the input this layer reads
     void set_offsets(bool first);  // off for this geometry (the first layer: an NCHW input)
-    int64_t out_h() const { return epilogue == 2 || epilogue == 4 ? H_out / 2 : H_out; }
-    int64_t out_w() const { return epilogue == 2 || epilogue == 4 ? W_out / 2 : W_out; }
+    int64_t out_h() const { return pools(epilogue) ? H_out / 2 : H_out; }
+    int64_t out_w() const { return pools(epilogue) ? W_out / 2 : W_out; }
     int64_t out_numel() const { return C_out * out_h() * out_w(); }
   };
   std::vector<Layer> layers_;

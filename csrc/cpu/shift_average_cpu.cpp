@@ -1,6 +1,7 @@
-// CPU registration of tcdcn_ext::shift_average: the window gather and the un-shift average (the schedule and
-// the network are in shift_average.cpp; the layers run on tcdcn_ext's CPU kernels: lc_conv2d's, and the direct
-// convolution for spatially shared layers).
+// CPU registration of tcdcn_ext::shift_average: the window gather, the pooling and the un-shift average, and the
+// layers that run on tcdcn_ext's own CPU kernels through an LcStackPlan (the direct convolution for spatially
+// shared layers, and fc + heads in the locally connected layout). The schedule and the rest of the network are in
+// shift_average.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -11,6 +12,7 @@
 #include <memory>
 
 #include "cpu/lc_stack_plan.h"
+#include "epilogue.h"
 #include "shift_average.h"
 
 namespace tcdcn {
@@ -109,7 +111,7 @@ at::Tensor unshift_average_cpu(const at::Tensor& heads, double shift_u, double s
 // on that plan re-sized to it.
 std::function<at::Tensor(const at::Tensor&)> conv_act_cpu(const at::Tensor& weight, const at::Tensor& bias,
                                                           bool abs_tanh) {
-  const int64_t epilogue = abs_tanh ? 1 : 3;
+  const int64_t epilogue = abs_tanh ? kAbsTanh : kRelu;
   const at::Tensor probe = at::empty_strided({0, weight.size(1), weight.size(2), weight.size(3)}, {0, 0, 0, 0},
                                              bias.options());
   auto plan = std::make_shared<const cpu::LcStackPlan>(std::vector<at::Tensor>{weight},
@@ -118,7 +120,19 @@ std::function<at::Tensor(const at::Tensor&)> conv_act_cpu(const at::Tensor& weig
   return [plan](const at::Tensor& x) { return plan->for_input(x, "shift_average").run(x); };
 }
 
-constexpr ShiftAverageKernels kCpuKernels{&windows_cpu, &pool2x2_cpu, &unshift_average_cpu, &conv_act_cpu};
+// fc (with its activation) and the heads, given in the locally connected layout [1, 1, C, s, s, F] and
+// [1, 1, F, 1, 1, D], as a two-layer LcStackPlan on the maps [M, C, s, s] as they lie: heads [M, D].
+at::Tensor lc_heads_cpu(const at::Tensor& maps, const at::Tensor& fc_weight, const at::Tensor& fc_bias,
+                        const at::Tensor& head_weight, const at::Tensor& head_bias, bool abs_tanh) {
+  const int64_t F = fc_weight.size(5), D = head_weight.size(5);
+  const int64_t epilogue[2] = {abs_tanh ? kAbsTanh : kRelu, kPlain};
+  const cpu::LcStackPlan plan({fc_weight, head_weight}, {fc_bias.view({F, 1, 1}), head_bias.view({D, 1, 1})},
+                              epilogue, maps, "shift_average");
+  return plan.run(maps).view({maps.size(0), D});
+}
+
+constexpr ShiftAverageKernels kCpuKernels{&windows_cpu, &pool2x2_cpu, &unshift_average_cpu, &conv_act_cpu,
+                                          &lc_heads_cpu, /*lc_half_weights=*/true, /*lc_fused_pool=*/true};
 
 std::tuple<at::Tensor, at::Tensor> shift_average_cpu(const at::Tensor& crop, at::IntArrayRef shifts, int64_t window,
                                                      at::TensorList conv_weight, at::TensorList conv_bias,

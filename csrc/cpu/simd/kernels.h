@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "epilogue.h"
+
 namespace tcdcn::cpu {
 
 // Geometry of one locally connected convolution (padding already applied by the caller).
@@ -31,12 +33,12 @@ struct LcKernels {
   // out[n, l, co] (contiguous [N, L, C_out], i.e. channels-last) for locations [l0, l1) and every face:
   //   out = sum_k in[n, window(l) + in_off[k]] * w[l, k, co] + bias[l, co]
   // w: [L, K, C_out] contiguous; bias: [L, C_out] contiguous (the op's [C_out, H_out, W_out] transposed) or null.
-  // epilogue 0: store; 1: store |tanh(out)|; 3: store relu(out); 2 (4): the 2x2 (floor-mode) max pooling of
-  // |tanh(out)| (relu(out)) into [N, H_out/2, W_out/2, C_out] (locations a pooling cell drops are skipped). With
-  // epilogue 2 or 4 a cell is started by its first location and finished by its last, so [l0, l1) must hold whole
-  // pairs of output rows: l0 a multiple of 2 * W_out, and l1 too or l1 = L.
+  // epilogue kPlain: store; kAbsTanh: store |tanh(out)|; kRelu: store relu(out); kAbsTanhMaxPool (kReluMaxPool):
+  // the 2x2 (floor-mode) max pooling of |tanh(out)| (relu(out)) into [N, H_out/2, W_out/2, C_out] (locations a
+  // pooling cell drops are skipped). With a pooling epilogue a cell is started by its first location and finished
+  // by its last, so [l0, l1) must hold whole pairs of output rows: l0 a multiple of 2 * W_out, and l1 too or l1 = L.
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
-                  int epilogue);
+                  Epilogue epilogue);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
   // gb[l, co] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
   void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1);
@@ -46,22 +48,22 @@ struct LcKernels {
   // forward with the weights stored as IEEE binary16 bits (same layout as w): each weight is widened to T on load
   // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
   void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,
-                              int64_t l1, int epilogue);
+                              int64_t l1, Epilogue epilogue);
   // Spatially shared convolution, as forward() with one weight matrix for every location:
   //   out = sum_k in[n, window(l) + in_off[k]] * w[k, co] + bias[co]
   // w: [K, conv_channel_pad(C_out)] contiguous, k = (ci * kH + kh) * kW + kw (a [C_out, C_in, kH, kW] weight
   // permuted to (ci, kh, kw, co)), the padding columns zero; bias: [conv_channel_pad(C_out)] or null. Epilogues
   // and [l0, l1) as forward(); stride g.sH, g.sW.
   void (*conv_forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
-                       int epilogue);
+                       Epilogue epilogue);
   // conv_forward with binary16 weights (T = float only, else null).
   void (*conv_forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out,
-                                   int64_t l0, int64_t l1, int epilogue);
+                                   int64_t l0, int64_t l1, Epilogue epilogue);
   // forward with symmetric int8 weights q (same layout as w) and a scale per location and output channel, ws:
   // [L, C_out] contiguous; w[l, k, co] = q[l, k, co] * ws[l, co]. The sum over the taps runs on q widened to T
   // and is scaled once: out = (sum_k in * q) * ws[l, co] + bias[l, co]. T = float only, else null.
   void (*forward_int8_weight)(const LcGeom& g, const T* in, const int8_t* w, const T* ws, const T* bias, T* out,
-                              int64_t l0, int64_t l1, int epilogue);
+                              int64_t l0, int64_t l1, Epilogue epilogue);
 };
 
 // conv_forward's weight and bias columns: C_out rounded up to a multiple of 16 (every vector width in floats).

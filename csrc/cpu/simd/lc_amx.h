@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "epilogue.h"
+
 namespace tcdcn::cpu {
 
 struct LcAmxGeom {
@@ -26,12 +28,12 @@ constexpr int64_t lc_amx_k_pad(int64_t K) { return (K + 31) / 32 * 32; }
 inline int64_t lc_amx_scratch(const LcAmxGeom& g) { return (g.N + 15) / 16 * 16 * g.K_pad; }
 
 namespace amx {
-// Locations [l0, l1) of every face (epilogue 2 or 4: whole pairs of output rows). b: [L, K_pad / 2, C_out, 2]
+// Locations [l0, l1) of every face (a pooling epilogue: whole pairs of output rows). b: [L, K_pad / 2, C_out, 2]
 // bfloat16 bits (tap pairs interleaved per channel: the tiles' VNNI layout), the zero padding taps included; ws:
 // [L, C_out]; bias: [L, C_out] or null; out as LcKernels::forward writes it; a: the caller's scratch for the
 // gathered windows, lc_amx_scratch(g) bfloat16 values, 64-byte aligned.
 void lc_forward_int8_tiles(const LcAmxGeom& g, const float* in, const uint16_t* b, const float* ws,
-                           const float* bias, float* out, int64_t l0, int64_t l1, int epilogue, uint16_t* a);
+                           const float* bias, float* out, int64_t l0, int64_t l1, Epilogue epilogue, uint16_t* a);
 }  // namespace amx
 
 }  // namespace tcdcn::cpu

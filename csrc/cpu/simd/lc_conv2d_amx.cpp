@@ -87,7 +87,7 @@ inline void tile_pass(const LcAmxGeom& g, const uint16_t* a, int64_t f0, const u
 }  // namespace
 
 void lc_forward_int8_tiles(const LcAmxGeom& g, const float* in, const uint16_t* b, const float* ws,
-                           const float* bias, float* out, int64_t l0, int64_t l1, int mode, uint16_t* a) {
+                           const float* bias, float* out, int64_t l0, int64_t l1, Epilogue mode, uint16_t* a) {
   const int64_t C = g.C_out, N = g.N, n_pad = (N + 15) / 16 * 16;
   const bool pool = pooled(mode);
   const int64_t slots = pool ? (g.H_out / 2) * (g.W_out / 2) : g.H_out * g.W_out;

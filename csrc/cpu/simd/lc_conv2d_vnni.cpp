@@ -21,7 +21,7 @@ namespace tcdcn::cpu::vnni {
 
 namespace {
 
-// As the float few-faces path (lc_conv2d_body.h): prefetch the weight stream this far ahead into L1.
+// As the float few-faces path (lc_forward_body.h): prefetch the weight stream this far ahead into L1.
 constexpr int64_t kPairPrefetchBytes = 2048;
 // Faces per register tile.
 constexpr int kMaxFaces = 4;
@@ -43,7 +43,7 @@ inline __m512i bcast_pair(const int16_t* p) {
 // One location, R faces (rows[r]: face r's window corner in the int16 input), V vectors of 16 channels.
 template <int R, int V>
 inline void pair_loc(const LcPairGeom& g, const int16_t* const* rows, const float* xs, const int8_t* wl,
-                     const float* sl, const float* bl, float* dst, int64_t dst_stride, int mode, int part) {
+                     const float* sl, const float* bl, float* dst, int64_t dst_stride, Epilogue mode, int part) {
   constexpr int U = pair_partial_sums(R, V);
   const int64_t P = g.P, row_bytes = 2 * g.C_out;  // a pair's weights: C_out channels x 2 taps
   const int64_t* off = g.pair_off;
@@ -93,7 +93,7 @@ inline void pair_loc(const LcPairGeom& g, const int16_t* const* rows, const floa
 
 template <int R>
 inline void pair_faces(const LcPairGeom& g, const int16_t* const* rows, const float* xs, const int8_t* wl,
-                       const float* sl, const float* bl, float* dst, int64_t dst_stride, int mode, int part) {
+                       const float* sl, const float* bl, float* dst, int64_t dst_stride, Epilogue mode, int part) {
   for (int64_t c0 = 0; c0 < g.C_out;) {
     const int64_t left = (g.C_out - c0) / 16;
     const int V = left >= 4 ? 4 : int(left);
@@ -139,7 +139,7 @@ void quantize_rows(const float* x, int64_t x_sN, int64_t N, int64_t count, int64
 }
 
 void lc_forward_pairs(const LcPairGeom& g, const int16_t* xq, const float* xs, const int8_t* w, const float* ws,
-                      const float* bias, float* out, int64_t l0, int64_t l1, int mode) {
+                      const float* bias, float* out, int64_t l0, int64_t l1, Epilogue mode) {
   const int64_t C = g.C_out, P = g.P;
   const bool pool = pooled(mode);
   const int64_t slots = pool ? (g.H_out / 2) * (g.W_out / 2) : g.H_out * g.W_out;

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "epilogue.h"
+
 namespace tcdcn::cpu {
 
 struct LcPairGeom {
@@ -39,11 +41,11 @@ namespace vnni {
 // holds a NaN or an infinity, so that the layer's outputs of that face come out NaN); x: N rows of `count` floats,
 // row n at x + n * x_sN; xq: N contiguous rows of `count`.
 void quantize_rows(const float* x, int64_t x_sN, int64_t N, int64_t count, int64_t qmax, int16_t* xq, float* xs);
-// Locations [l0, l1) of every face (with epilogue 2 or 4: whole pairs of output rows, as LcKernels::forward).
+// Locations [l0, l1) of every face (with a pooling epilogue: whole pairs of output rows, as LcKernels::forward).
 // w: [L, P, C_out, 2] int8 (pair p's two taps interleaved per channel); ws: [L, C_out]; bias: [L, C_out] or null;
 // out: [N, out slots, C_out] float as LcKernels::forward writes it.
 void lc_forward_pairs(const LcPairGeom& g, const int16_t* xq, const float* xs, const int8_t* w, const float* ws,
-                      const float* bias, float* out, int64_t l0, int64_t l1, int epilogue);
+                      const float* bias, float* out, int64_t l0, int64_t l1, Epilogue epilogue);
 }  // namespace vnni
 
 }  // namespace tcdcn::cpu

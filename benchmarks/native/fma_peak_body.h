@@ -1,4 +1,4 @@
-// Body of the FMA-throughput micro-benchmark (see fma_peak.h); included inside an ISA namespace after vec.h.
+// Body of the FMA-throughput micro-benchmark (fma_peak.cpp); included inside its namespace after vec.h.
 // 12 independent accumulator chains cover the FMA latency (4 cycles) times two FMA ports with room to spare.
 namespace {
 constexpr int kChains = 12;
