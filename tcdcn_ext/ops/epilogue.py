@@ -1,9 +1,9 @@
 """The epilogue codes of the convolution kernels: what a layer does to its sums before it stores them.
 
-The one Python mirror of the C++ ``enum Epilogue`` (``csrc/cpu/simd/lc_epilogue.h``: ``kPlain = 0, kAbsTanh = 1,
-kAbsTanhMaxPool = 2, kRelu = 3, kReluMaxPool = 4``). :func:`tcdcn_ext.ops.lc_conv2d_stack` takes them by name
-(:data:`tcdcn_ext.ops.LC_EPILOGUES`), the native op and the inference engine by value; the network's layer
-description (:mod:`tcdcn_ext.models.layers`) gives every layer one.
+The one Python mirror of the C++ ``enum Epilogue`` (``csrc/epilogue.h``, seen by Python as ``_C.EPILOGUES``:
+``kPlain = 0, kAbsTanh = 1, kAbsTanhMaxPool = 2, kRelu = 3, kReluMaxPool = 4``). :func:`tcdcn_ext.ops.lc_conv2d_stack`
+takes them by name (:data:`tcdcn_ext.ops.LC_EPILOGUES`), the native op and the inference engine by value; the
+network's layer description (:mod:`tcdcn_ext.models.layers`) gives every layer one.
 """
 
 from __future__ import annotations
