@@ -20,7 +20,7 @@ from tcdcn_ext.models import attributes as attr
 from tcdcn_ext.models import load_model
 from tcdcn_ext.training import evaluate as ev
 from tcdcn_ext.training.datasets import load_staged
-from tcdcn_ext.training.reports import write_json
+from tcdcn_ext.training.reports import write_json, write_png
 from tcdcn_ext.training.train import default_data_root
 
 
@@ -64,11 +64,7 @@ def plot(results: dict, path: Path) -> None:
                     (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "accuracy vs confidence per bin (blue: attribute network, red: TCDCN heads)",
                 (pad, panel + 2 * pad - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.tobytes())
+    write_png(path, img)
 
 
 def main() -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tcdcn_ext.training.reports import write_png
+
 VARIANTS = ["FLD", "FLD+pose", "FLD+gender", "FLD+glasses", "FLD+smile", "FLD+all", "FLD+all, no early stopping"]
 COLOURS = [(120, 120, 120), (180, 119, 31), (44, 160, 44), (14, 127, 255), (189, 103, 148), (40, 39, 214),
            (75, 86, 140)]
@@ -72,11 +74,7 @@ def bars(groups: list[str], series: dict[str, np.ndarray], title: str, ylabel: s
         cv2.putText(img, f"{label} ({n} seeds)", (x1 + 34, y + 4), FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, title, (x0, 28), FONT, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, ylabel, (x0, h - 12), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.tobytes())
+    write_png(path, img)
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from ..util.files import atomic_write
 from .evaluate import as_points, auc_at, ced_curve
 
-__all__ = ["format_table", "plot_ced", "write_file", "write_json", "write_predictions_csv"]
+__all__ = ["format_table", "plot_ced", "write_file", "write_json", "write_png", "write_predictions_csv"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,16 +131,22 @@ def plot_ced(
         cv2.line(img, (bx0 + 8, y), (bx0 + 36, y), colour, 2, cv2.LINE_AA)
         _put(img, text, (bx0 + 42, y + 5), 0.5)
 
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise OSError(f"plot_ced: PNG encoding failed for {path}")
-    write_file(path, buf.tobytes())
+    write_png(path, img)
     return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """A BGR uint8 image as a PNG file, atomically (:func:`write_file`); ``OSError`` naming the file if it cannot be
+    encoded."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    write_file(path, buf.tobytes())
 
 
 def write_file(path: str | os.PathLike, data: bytes | str) -> None:
