@@ -92,10 +92,11 @@ _ops = torch.ops.tcdcn_ext
 
 
 def cpu_isa() -> str:
-    """The CPU kernel path in use: ``"ref"`` (portable scalar), ``"avx2"`` (AVX2+FMA), ``"avx512"`` or ``"vnni"``
-    (AVX-512 plus VNNI: the avx512 float kernels and integer ones for int8 weights).
+    """The CPU kernel path in use: ``"ref"`` (portable scalar), ``"avx2"`` (AVX2+FMA), ``"avx512"``, ``"vnni"``
+    (AVX-512 plus VNNI: the avx512 float kernels and integer ones for int8 weights) or ``"amx"`` (vnni plus AMX
+    bf16 tiles for batched int8-weight layers; granted only after the kernel allowed the tile state).
 
-    Chosen once at import from cpuid/xgetbv; ``TCDCN_CPU_ISA=ref|avx2|avx512|vnni`` overrides it.
+    Chosen once at import from cpuid/xgetbv; ``TCDCN_CPU_ISA=ref|avx2|avx512|vnni|amx`` overrides it.
     """
     return _C.cpu_isa()
 

@@ -2,7 +2,7 @@
 // Included inside an ISA-specific namespace after TCDCN_VEC_BYTES / TCDCN_NUM_VREGS are defined.
 // No include guard on purpose: each ISA namespace gets its own copy.
 #ifndef TCDCN_VEC_BYTES
-#error "define TCDCN_VEC_BYTES before including kernel_body.h"
+#error "define TCDCN_VEC_BYTES before including vec.h (each per-ISA translation unit does)"
 #endif
 
 namespace {
