@@ -142,6 +142,32 @@ def report(results: dict) -> dict:
     return out
 
 
+def markdown(summary: dict) -> str:
+    """The tables of ``docs/ABLATION.md`` from :func:`report`'s summary (the claims are written by hand)."""
+    lines = []
+    for recipe in RECIPES:
+        if recipe not in summary:
+            continue
+        r = summary[recipe]
+        lines += [f"### Recipe `{recipe}`: `{' '.join(RECIPES[recipe])}`, {summary['epochs']} epochs", "",
+                  "| variant | seeds | test NME (mean +- std) | failure (mean +- std) | per seed NME |",
+                  "|---|---|---|---|---|"]
+        for v, row in r["variants"].items():
+            sd = (lambda x: f" +- {100 * x:.3f}" if x is not None else "")
+            lines.append(f"| {v} | {len(row['seeds'])} | {100 * row['nme_mean']:.3f} %{sd(row['nme_std'])} | "
+                         f"{100 * row['failure_mean']:.2f} %{sd(row['failure_std'])} | "
+                         + ", ".join(f"{100 * x:.3f}" for x in row["per_seed_nme"]) + " |")
+        if r["paired"]:
+            lines += ["", "| paired difference (same seeds, same faces) | seeds | NME difference [95 % CI] | "
+                      "failure difference [95 % CI] |", "|---|---|---|---|"]
+            for name, t in r["paired"].items():
+                lines.append(f"| {name} | {t['seeds']} | {100 * t['nme_diff']:+.3f} [{100 * t['nme_ci95'][0]:+.3f}, "
+                             f"{100 * t['nme_ci95'][1]:+.3f}] points | {100 * t['failure_diff']:+.2f} "
+                             f"[{100 * t['failure_ci95'][0]:+.2f}, {100 * t['failure_ci95'][1]:+.2f}] points |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
@@ -151,6 +177,7 @@ def main() -> int:
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many new runs in this call")
     p.add_argument("--report", action="store_true", help="no training: summarise the finished runs")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_seeds.json"))
+    p.add_argument("--markdown", default=None, help="also write the tables (markdown) here")
     args = p.parse_args()
     if args.test is None:
         from tcdcn_ext.training.train import default_data_root
@@ -168,6 +195,8 @@ def main() -> int:
     summary["epochs"] = args.epochs
     summary["recipes"] = {r: RECIPES[r] for r in args.recipes.split(",")}
     Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(summary))
     print(json.dumps({r: v for r, v in summary.items() if r in RECIPES}, indent=1)[:4000])
     return 0
 
