@@ -122,3 +122,30 @@ def test_training_variants_run(tmp_path, extra):
     assert np.isfinite(rec["train_landmarks"]) and np.isfinite(summary["best"]["val_error"])
     if extra.get("learn_lambda"):
         assert set(rec["lambdas"]) == {"pose", "gender", "glasses", "smile"}
+
+
+def test_landmark_framed_boxes_train_and_refit(tmp_path):
+    """``--boxes landmarks``: the faces are framed by the MTFL box model's box of their true 5 points (training,
+    validation and the heads' refit), and anything but given / landmarks is refused."""
+    from tcdcn_ext.inference.boxes import predict_boxes_5pt
+    from tcdcn_ext.training.datasets import load_staged
+    from tcdcn_ext.training.train import landmark_boxes, refit_aux_heads, validation_split
+
+    split = write_synthetic_split(tmp_path / "split", n=24)
+    fs = load_staged(split, progress=False)
+    boxes = landmark_boxes(fs)
+    np.testing.assert_array_equal(boxes, predict_boxes_5pt(fs.landmarks.astype(np.float64)).astype(np.float32))
+    assert not np.allclose(boxes, fs.boxes)  # the split's own boxes are other boxes
+    tr, va = validation_split(len(fs), 0.25, 0)
+    assert len(va) == 6 and len(tr) == 18 and not set(tr) & set(va)
+    cfg = dict(train_dir=str(split), out_dir=str(tmp_path / "run"), epochs=1, batch_size=8, threads=1,
+               progress=False, val_fraction=0.25, boxes="landmarks")
+    summary = train(TrainConfig(**cfg))
+    assert np.isfinite(summary["best"]["val_error"])
+    report = refit_aux_heads(tmp_path / "run" / "best.pt", tmp_path / "refit" / "model.pt", split, 0.25, 0,
+                             steps=5, progress=False, boxes="landmarks")
+    assert set(report) == {"pose", "gender", "glasses", "smile"}
+    meta = json.loads((tmp_path / "refit" / "model.json").read_text())["meta"]
+    assert meta["refit_aux_heads"]["boxes"] == "landmarks"
+    with pytest.raises(ValueError, match="boxes must be 'given' or 'landmarks'"):
+        train(TrainConfig(**{**cfg, "boxes": "detector", "out_dir": str(tmp_path / "bad")}))

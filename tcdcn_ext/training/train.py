@@ -510,5 +510,6 @@ def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_di
         meta["source_meta"] = json.loads(Path(weights).with_suffix(".json").read_text()).get("meta", {})
     except (OSError, ValueError):
         pass
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out, meta=meta)
     return report
