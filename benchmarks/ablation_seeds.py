@@ -10,9 +10,9 @@ same for all) and is scored on mtfl/test with its per-face errors kept, so that 
 * FLD+all vs FLD and FLD+all vs FLD+all without early stopping: the paired difference (same seeds, same faces) with
   a 95 % bootstrap interval, resampling seeds and faces (2,000 draws).
 
-Runs are resumable (``--resume``; finished runs are read back), one after another (``--jobs 1``: this machine has
-two cores and the rest of the work needs one), started with ``--out`` as working directory so that they import the
-installed (or ``PYTHONPATH``) package.
+Runs are resumable (``--resume``; finished runs are read back) and run one after another in a driver; two drivers
+may share the work on two cores when each owns its recipe (``--recipes``) or its seeds (``--seeds``). They start
+with ``--out`` as working directory so that they import the installed (or ``PYTHONPATH``) package.
 
     python benchmarks/ablation_seeds.py --out /path/to/runs --epochs 20 [--recipes today,paper] [--report]
 """
@@ -175,6 +175,8 @@ def main() -> int:
     p.add_argument("--recipes", default="today,paper")
     p.add_argument("--test", default=None, help="mtfl/test folder (default: $TCDCN_DATA/mtfl/test)")
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many new runs in this call")
+    p.add_argument("--seeds", default=None, help="comma list: train only these seeds (two drivers on two cores can "
+                   "split a recipe between them, e.g. 0,2,4 and 1,3); the report reads every finished run")
     p.add_argument("--report", action="store_true", help="no training: summarise the finished runs")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_seeds.json"))
     p.add_argument("--markdown", default=None, help="also write the tables (markdown) here")
@@ -187,7 +189,8 @@ def main() -> int:
     new = 0
     for recipe, variant, seed in plan(args.recipes.split(",")):
         finished = (Path(args.out).resolve() / recipe / f"{slug(variant)}_s{seed}" / "test_errors.npz").exists()
-        if not finished and (args.report or (args.max_runs is not None and new >= args.max_runs)):
+        skip_seed = args.seeds is not None and seed not in {int(x) for x in args.seeds.split(",")}
+        if not finished and (args.report or skip_seed or (args.max_runs is not None and new >= args.max_runs)):
             continue
         new += not finished
         results.setdefault(recipe, {})[(variant, seed)] = run_one(recipe, variant, seed, args)
