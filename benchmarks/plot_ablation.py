@@ -13,6 +13,7 @@ FLD+all run.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import cv2
@@ -35,7 +36,9 @@ def slug(text: str) -> str:
 def load(runs: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for v in VARIANTS:
-        for f in sorted(runs.glob(f"{slug(v)}_s*/test_errors.npz")):
+        # (exactly "<variant>_s<seed>": "FLD_s*" would also match FLD+smile's "FLD_smile_s0")
+        for f in sorted(f for f in runs.glob(f"{slug(v)}_s*/test_errors.npz")
+                        if re.fullmatch(rf"{re.escape(slug(v))}_s\d+", f.parent.name)):
             z = np.load(f)
             out.setdefault(v, []).append({"errors": z["errors"], "point_errors": z["point_errors"], "pose": z["pose"]})
     return out
