@@ -61,6 +61,21 @@ def _sha(path: Path) -> str | None:
         return None
 
 
+def matched_faces(results: list, boxes: np.ndarray, min_iou: float = 0.3) -> tuple[list[int], np.ndarray]:
+    """Per image of ``results`` (an ``align_batch`` output), the face whose box overlaps the annotated box most, if
+    its IoU is >= ``min_iou``: the images it was found in and those faces' landmarks ``[K, P, 2]``."""
+    keep, pred = [], []
+    for i, faces in enumerate(results):
+        if not faces:
+            continue
+        iou = _iou(boxes[i:i + 1], np.array([f.box for f in faces]))[0]
+        j = int(np.argmax(iou))
+        if iou[j] >= min_iou:
+            keep.append(i)
+            pred.append(faces[j].landmarks)
+    return keep, np.stack(pred)
+
+
 def _summary(err: np.ndarray, n_total: int) -> dict[str, float]:
     return {"faces": int(len(err)), "mean_error": float(err.mean()), "median_error": float(np.median(err)),
             "failure_rate": evaluate.failure_rate(err),
@@ -118,17 +133,8 @@ def end_to_end(model: str, limit: int | None, cache: str | None) -> dict:
     for name, kw in pipelines.items():
         t = time.perf_counter()
         aligner = Aligner(points=points, model=net, detector="yunet", **kw)
-        results = aligner.align_batch(fs.images)
-        pred, keep = [], []
-        for i, faces in enumerate(results):
-            if not faces:
-                continue
-            iou = _iou(fs.boxes[i:i + 1], np.array([f.box for f in faces]))[0]
-            j = int(np.argmax(iou))
-            if iou[j] >= 0.3:
-                keep.append(i)
-                pred.append(faces[j].landmarks)
-        err = evaluate.landmark_errors(np.stack(pred), fs.landmarks[keep], norm)
+        keep, pred = matched_faces(aligner.align_batch(fs.images), fs.boxes)
+        err = evaluate.landmark_errors(pred, fs.landmarks[keep], norm)
         rows[name] = _summary(err, n)
         rows[name]["detection_rate"] = len(keep) / n
         rows[name]["seconds"] = round(time.perf_counter() - t, 2)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from tcdcn_ext import Aligner
-from tcdcn_ext.inference.boxes import box_iou
 from tcdcn_ext.training import evaluate
 from tcdcn_ext.training.datasets import load_staged
 from tcdcn_ext.training.train import default_data_root, validation_split
+
+from eval_end_to_end import matched_faces  # (benchmarks/, beside this script)
 
 
 def main() -> int:
@@ -31,17 +30,9 @@ def main() -> int:
     _, val = validation_split(len(fs), args.val_fraction, args.seed)
     va = fs.subset(val)
     for refine in args.refine:
-        results = Aligner(model=args.model, detector="yunet", refine=refine).align_batch(va.images)
-        pred, keep = [], []
-        for i, faces in enumerate(results):
-            if not faces:
-                continue
-            iou = box_iou(va.boxes[i:i + 1], np.array([f.box for f in faces]))[0]
-            j = int(np.argmax(iou))
-            if iou[j] >= 0.3:
-                keep.append(i)
-                pred.append(faces[j].landmarks)
-        err = evaluate.landmark_errors(np.stack(pred), va.landmarks[keep], "inter_ocular")
+        keep, pred = matched_faces(Aligner(model=args.model, detector="yunet", refine=refine).align_batch(va.images),
+                                   va.boxes)
+        err = evaluate.landmark_errors(pred, va.landmarks[keep], "inter_ocular")
         print(f"{args.model} refine={refine}: {100 * err.mean():.3f} % error, "
               f"{100 * evaluate.failure_rate(err):.2f} % failures, {len(keep)}/{len(va)} faces found", flush=True)
     return 0

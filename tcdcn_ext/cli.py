@@ -507,12 +507,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     if net is not None:
         from .models.attributes import attribute_inputs, attribute_probabilities
 
-        for i in range(0, len(fs), args.batch_size):
-            x = attribute_inputs(fs.images[i:i + args.batch_size], fs.boxes[i:i + args.batch_size], net.config)
-            for t, v in attribute_probabilities(net, x).items():
-                probs.setdefault(f"_net_{t}", []).append(v)
-        for t in net.config.tasks:
-            probs[t] = np.concatenate(probs.pop(f"_net_{t}"))
+        chunks = [attribute_probabilities(net, attribute_inputs(fs.images[i:i + args.batch_size],
+                                                                fs.boxes[i:i + args.batch_size], net.config))
+                  for i in range(0, len(fs), args.batch_size)]
+        probs.update({t: np.concatenate([c[t] for c in chunks]) for t in net.config.tasks})
     attrs = {k: v for k, v in fs.attributes.items() if k in probs}
     summary = ev.evaluate_predictions(pred, fs.landmarks, attrs or None, {k: probs[k] for k in attrs} or None)
     summary["model"], summary["data"], summary["faces"] = str(args.model), str(split), len(fs)

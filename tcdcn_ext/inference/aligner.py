@@ -322,10 +322,10 @@ class Aligner:
 
         net = self.attribute_net
         size, context = net.config.input_size, net.config.context
+        wide = scale_boxes(np.array([b for _, b in pairs], np.float64).reshape(-1, 4), context)
         outs: list[dict[str, np.ndarray]] = []
         for i in range(0, len(pairs), self.batch_size):
-            chunk = [(pix, scale_boxes(np.asarray(b, np.float64).reshape(1, 4), context)[0])
-                     for pix, b in pairs[i:i + self.batch_size]]
+            chunk = [(pix, wide[i + k]) for k, (pix, _) in enumerate(pairs[i:i + self.batch_size])]
             x = face_inputs(chunk, size).to(self.device)
             outs.append(attribute_probabilities(net, x))
         return {t: np.concatenate([o[t] for o in outs]) for t in net.config.tasks}
