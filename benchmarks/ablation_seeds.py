@@ -177,6 +177,8 @@ def main() -> int:
     p.add_argument("--max-runs", type=int, default=None, help="train at most this many new runs in this call")
     p.add_argument("--seeds", default=None, help="comma list: train only these seeds (two drivers on two cores can "
                    "split a recipe between them, e.g. 0,2,4 and 1,3); the report reads every finished run")
+    p.add_argument("--variants", default=None, help="comma list of run-folder names (FLD, FLD_all, FLD_pose, ...): "
+                   "train and report only these")
     p.add_argument("--report", action="store_true", help="no training: summarise the finished runs")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablation_seeds.json"))
     p.add_argument("--markdown", default=None, help="also write the tables (markdown) here")
@@ -187,7 +189,10 @@ def main() -> int:
         args.test = str(default_data_root() / "mtfl" / "test")
     results: dict = {}
     new = 0
+    wanted = None if args.variants is None else set(args.variants.split(","))
     for recipe, variant, seed in plan(args.recipes.split(",")):
+        if wanted is not None and slug(variant) not in wanted:
+            continue
         finished = (Path(args.out).resolve() / recipe / f"{slug(variant)}_s{seed}" / "test_errors.npz").exists()
         skip_seed = args.seeds is not None and seed not in {int(x) for x in args.seeds.split(",")}
         if not finished and (args.report or skip_seed or (args.max_runs is not None and new >= args.max_runs)):

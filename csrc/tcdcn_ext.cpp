@@ -32,12 +32,19 @@ TORCH_LIBRARY(tcdcn_ext, m) {
   // Python round trip and dispatch per layer cost about as much as a small layer). weight[i] float16 or the input's
   // dtype.
   m.def("lc_conv2d_stack(Tensor input, Tensor[] weight, Tensor?[] bias, int[] epilogue) -> Tensor");
-  // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot.
+  // Gradients of lc_conv2d; an entry of output_mask that is false yields an empty tensor in that slot. grad_input
+  // has channels-last strides, like the forward's output (what the kernels write; the layers below read it so).
   m.def("_lc_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // |tanh(x)| and its gradient sign(x) * (1 - tanh(x)^2), taken as 0 at x == 0.
   m.def("abs_tanh(Tensor x) -> Tensor");
   m.def("_abs_tanh_backward(Tensor grad_output, Tensor x) -> Tensor");
+  // max_pool2d(|tanh(x)|, 2) (kernel 2, stride 2, floor mode) in one pass, with a gradient: the trainable form of
+  // the activation + pooling after a locally connected layer. x [N, C, H, W]; output and gradient keep x's layout
+  // (channels-last stays channels-last, anything else comes out contiguous). The backward takes the forward's x
+  // and output (the gradient goes to the first maximum of |x| in each cell, as max_pool2d's does, NaN included).
+  m.def("abs_tanh_maxpool2d(Tensor x) -> Tensor");
+  m.def("_abs_tanh_maxpool2d_backward(Tensor grad_output, Tensor x, Tensor out) -> Tensor");
   // Model inputs from uint8 images: face f's box (x0, y0, x1, y1) of images[image_index[f]] resampled to a
   // size x size grey patch (bilinear, 0 outside the image), optionally standardised per patch. channel_order:
   // 0 = RGB(A), 1 = BGR(A) (ignored for [H, W] grey images). Output [F, 1, size, size] float32.

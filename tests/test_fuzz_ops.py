@@ -342,6 +342,63 @@ test_abs_tanh_ops_match_reference, test_abs_tanh_ops_match_reference_slow = _bot
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# abs_tanh_maxpool2d, _abs_tanh_maxpool2d_backward
+
+
+@st.composite
+def pool_cases(draw):
+    n = draw(st.sampled_from([0, 1, 2, 3]))
+    c = draw(st.sampled_from([1, 2, 3, 5, 8, 15, 16, 17, 33]))
+    h, w = draw(st.integers(2, 9)), draw(st.integers(2, 9))
+    return dict(shape=(n, c, h, w), layout=draw(st.sampled_from(LAYOUTS_4D)),
+                g_layout=draw(st.sampled_from(["same", "contiguous", "channels_last", "strided"])),
+                dtype=draw(st.sampled_from(GOOD_DTYPES)), device=draw(st.sampled_from(DEVICES)),
+                isa=draw(st.sampled_from(ISAS)), scale=draw(st.sampled_from([1.0, 1e-4, 0.05, 3.0])),
+                specials=draw(st.booleans()), ties=draw(st.booleans()))
+
+
+def _pool_body(case, data):
+    """Values and gradients against max_pool2d(|tanh(x)|, 2) through autograd; output and gradient in x's
+    layout where x is channels-last (else contiguous); NaN where the reference has NaN."""
+    draw = data.draw
+    c = case
+    dtype, device = c["dtype"], c["device"]
+    x = _tensor4(draw, c["shape"], dtype, "cpu", c["layout"], c["scale"], c["specials"])
+    if c["ties"] and x.numel():  # equal |x| inside cells (x and -x, and exact copies): the first one wins
+        x = x.clone(memory_format=torch.preserve_format)
+        x[..., 1::2] = -x[..., 0:x.shape[3] - x.shape[3] % 2:2] if x.shape[3] >= 2 else x[..., 1::2]
+        x[:, :, 1::2, :] = x[:, :, 0:x.shape[2] - x.shape[2] % 2:2, :]
+    x = x.to(device)
+    with _isa_ctx(device, c["isa"]):
+        y = ops.abs_tanh_maxpool2d(x)
+    want = ref.abs_tanh_maxpool2d(x)
+    f32 = dtype == torch.float32
+    assert y.shape == want.shape and y.dtype == x.dtype
+    torch.testing.assert_close(y, want, rtol=1e-6 if f32 else 1e-13, atol=2e-7 if f32 else 1e-15, equal_nan=True)
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() and x.shape[1] > 1
+    if y.numel() > 1 and cl:
+        assert y.is_contiguous(memory_format=torch.channels_last), y.stride()
+
+    g_layout = c["layout"] if c["g_layout"] == "same" else c["g_layout"]
+    if g_layout not in LAYOUTS_4D:
+        g_layout = "contiguous"
+    g = _tensor4(draw, tuple(want.shape), dtype, device, g_layout)
+    with _isa_ctx(device, c["isa"]):
+        gi = torch.ops.tcdcn_ext._abs_tanh_maxpool2d_backward(g, x, y)
+    xr = x.detach().clone().requires_grad_(True)
+    (want_g,) = torch.autograd.grad(ref.abs_tanh_maxpool2d(xr), (xr,), g)
+    assert gi.shape == x.shape and gi.dtype == x.dtype
+    finite = g[torch.isfinite(g)]
+    mag = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(gi, want_g, rtol=1e-5 if f32 else 1e-12, atol=(1e-6 if f32 else 1e-14) * mag,
+                               equal_nan=True)
+
+
+test_abs_tanh_maxpool2d_matches_reference, test_abs_tanh_maxpool2d_matches_reference_slow = _both(
+    _pool_body, FAST, SLOW, case=pool_cases(), data=st.data())
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Refused dtypes and invalid arguments
 
 
@@ -379,6 +436,14 @@ def _bad_dtype_body(dtype, which, op, device):
                                                     [0, 0], [True, True, True])
         elif op == "abs_tanh":
             ops.abs_tanh(args["input"])
+        elif op == "abs_tanh_maxpool2d":
+            ops.abs_tanh_maxpool2d(args["input"])
+        elif op == "_abs_tanh_maxpool2d_backward":
+            xa = args["input"] if which == "input" else torch.randn(x.shape, device=device)
+            pooled = (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+            ga = (_bad_dtype_tensor(pooled, dtype, device) if which == "grad_output"
+                  else torch.randn(pooled, device=device))
+            torch.ops.tcdcn_ext._abs_tanh_maxpool2d_backward(ga, xa, torch.rand(pooled, device=device))
         else:  # _abs_tanh_backward: the x argument or grad_output
             xa = args["input"]
             ga = args["grad_output"] if which == "grad_output" else torch.randn(xa.shape, device=device)
@@ -390,10 +455,11 @@ def _bad_dtype_body(dtype, which, op, device):
 @st.composite
 def bad_dtype_cases(draw):
     op = draw(st.sampled_from(["lc_conv2d", "lc_conv2d_abs_tanh", "_lc_conv2d_backward", "abs_tanh",
-                               "_abs_tanh_backward"]))
+                               "_abs_tanh_backward", "abs_tanh_maxpool2d", "_abs_tanh_maxpool2d_backward"]))
     which = {"lc_conv2d": ["input", "weight", "bias"], "lc_conv2d_abs_tanh": ["input", "weight", "bias"],
              "_lc_conv2d_backward": ["input", "weight", "grad_output"], "abs_tanh": ["input"],
-             "_abs_tanh_backward": ["input", "grad_output"]}[op]
+             "_abs_tanh_backward": ["input", "grad_output"], "abs_tanh_maxpool2d": ["input"],
+             "_abs_tanh_maxpool2d_backward": ["input", "grad_output"]}[op]
     return draw(st.sampled_from(list(BAD_DTYPES))), draw(st.sampled_from(which)), op, draw(st.sampled_from(DEVICES))
 
 

@@ -414,3 +414,105 @@ def test_model_inference_path_equals_training_path():
         fused = m(x)  # lc_conv2d + |tanh| + max pooling fused
     for k in train_path:
         torch.testing.assert_close(fused[k], train_path[k].detach(), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# abs_tanh_maxpool2d: the trainable |tanh| + 2x2 max pooling (the CPU training path of pooled layers)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(64, 16, 36, 36), (7, 48, 16, 16), (3, 64, 6, 6), (2, 5, 7, 9), (1, 1, 2, 3),
+                                   (0, 4, 4, 4), (3, 17, 5, 2)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_abs_tanh_maxpool2d_matches_reference_on_every_isa(device, dtype, shape, channels_last):
+    x = torch.randn(shape, dtype=dtype, device=device) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, dtype=dtype, device=device)
+    xr = x.detach().clone().requires_grad_(True)
+    want = ref.abs_tanh_maxpool2d(xr)
+    (want_g,) = torch.autograd.grad(want, (xr,), g)
+    for isa in (ops.cpu_isas_supported() if device == "cpu" else [None]):
+        with (ops.use_cpu_isa(isa) if isa else torch.no_grad()):
+            xx = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+            y = ops.abs_tanh_maxpool2d(xx)
+            (gx,) = torch.autograd.grad(y, (xx,), g) if y.numel() else (torch.zeros_like(xx),)
+        torch.testing.assert_close(y, want.detach(), **tol(dtype))
+        torch.testing.assert_close(gx, want_g, **tol(dtype))
+        cl = channels_last and shape[1] > 1 and x.numel() > 0
+        assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        assert gx.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_abs_tanh_maxpool2d_gradcheck_and_opcheck(device):
+    for shape, cl in [((2, 3, 6, 5), True), ((2, 3, 7, 5), False), ((1, 16, 4, 4), True)]:
+        x = torch.randn(shape, dtype=torch.float64, device=device)
+        x = x.contiguous(memory_format=torch.channels_last) if cl else x
+        x.requires_grad_(True)
+        assert torch.autograd.gradcheck(ops.abs_tanh_maxpool2d, (x,))
+        x32 = x.detach().float().requires_grad_(True)
+        torch.library.opcheck(torch.ops.tcdcn_ext.abs_tanh_maxpool2d.default, (x32,))
+        y = ops.abs_tanh_maxpool2d(x32.detach())
+        torch.library.opcheck(torch.ops.tcdcn_ext._abs_tanh_maxpool2d_backward.default,
+                              (torch.randn_like(y), x32.detach(), y), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_abs_tanh_maxpool2d_nan_ties_and_zero():
+    nan = float("nan")
+    # ties in |x| go to the first; a NaN wins and propagates; |tanh|'(0) = 0; NaN inputs that lose get NaN gradients
+    x = torch.tensor([[[[0.5, -0.5], [0.25, 0.5]], [[1.0, nan], [nan, 2.0]], [[0.0, 0.0], [0.0, 0.0]]]],
+                     requires_grad=True)
+    y = ops.abs_tanh_maxpool2d(x)
+    xr = x.detach().clone().requires_grad_(True)
+    yr = ref.abs_tanh_maxpool2d(xr)
+    torch.testing.assert_close(y, yr, equal_nan=True)
+    g = torch.ones_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(yr, xr, g)[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.randn(2, 3, 1, 5), "at least 2x2"),
+    (torch.randn(3, 4, 4), "4-D"),
+    (torch.randn(1, 1, 4, 4).half(), "float32 or float64"),
+    (torch.zeros(1, 1, 4, 4, dtype=torch.int32), "float32 or float64"),
+])
+def test_abs_tanh_maxpool2d_clear_errors(bad, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.abs_tanh_maxpool2d(bad)
+    with pytest.raises(RuntimeError, match="grad_output and out must be"):
+        torch.ops.tcdcn_ext._abs_tanh_maxpool2d_backward(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 4, 4),
+                                                         torch.randn(1, 1, 2, 2))
+
+
+def test_lc_conv2d_grad_input_is_channels_last():
+    """The backward hands the layer below channels-last rows (what its own backward reads) on every path."""
+    for shape in (TCDCN_SHAPES[1], ODD_SHAPES[1]):
+        x, w, b, s, p = make(shape, 3, requires_grad=True)
+        gi = torch.autograd.grad(ops.lc_conv2d(x, w, b, s, p).sum(), x)[0]
+        assert gi.is_contiguous(memory_format=torch.channels_last)
+        xr = x.detach().clone().requires_grad_(True)
+        torch.testing.assert_close(gi, torch.autograd.grad(ref.lc_conv2d(xr, w, b, s, p).sum(), xr)[0], **tol(x.dtype))
+
+
+def test_model_training_path_equals_the_modules():
+    """TCDCN's training forward (abs_tanh_maxpool2d after each pooled layer) and its gradients equal the modules
+    run one by one (self.conv: LocallyConnected2d, AbsTanh, MaxPool2d)."""
+    from tcdcn_ext.models import TCDCN
+
+    torch.manual_seed(0)
+    m = TCDCN().train()
+    x = torch.randn(6, 1, 40, 40)
+    fused = m(x)
+    loss = sum(v.square().sum() for v in fused.values())
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    h = m.conv(x)
+    f = m.drop(m.act(m.fc(h.flatten(1))))
+    plain = {"landmarks": m.landmark_head(f).view(-1, m.num_points, 2), **{t: hd(f) for t, hd in m.aux_heads.items()}}
+    loss_p = sum(v.square().sum() for v in plain.values())
+    grads_p = torch.autograd.grad(loss_p, list(m.parameters()))
+    for k in fused:
+        torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_p):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
   // Computed as [H_out, W_out, C_out] (a location's channels contiguous), returned as [C_out, H_out, W_out].
   at::Tensor gb_lc = output_mask[2] ? at::empty({s.H_out, s.W_out, s.C_out}, opts) : at::empty({0}, opts);
   if (s.N == 0 || s.C_out == 0 || s.K() == 0) {
-    if (output_mask[0]) gi = at::zeros(input.sizes(), opts);
+    if (output_mask[0]) gi = at::zeros(input.sizes(), opts.memory_format(at::MemoryFormat::ChannelsLast));
     if (output_mask[1]) gw.zero_();
     // With no taps (C_in == 0) the output is the bias alone, so grad_bias is still the sum over faces.
     at::Tensor gb = output_mask[2] ? grad_output.sum(0).contiguous() : gb_lc;
@@ -195,16 +195,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
       });
     }
     if (output_mask[0]) {
-      // Weights as [L, C_out, kH, kW, C_in] and grad_input channels-last: the taps' gradients are added back
-      // as contiguous runs of C_in (see cpu/simd/lc_backward_input_body.h).
-      const at::Tensor wt = weight.permute({0, 1, 5, 3, 4, 2}).contiguous();
+      // grad_input channels-last: the taps' gradients are added back as contiguous runs of C_in, each
+      // location's weights transposed to [C_out, kH, kW, C_in] in a buffer of the thread's own while in cache (see
+      // cpu/simd/lc_backward_input_body.h; a separate permute + contiguous pass over the 6-D weight cost ~1.8 ms
+      // a step for the 5-point layer 2, more than the products).
+      const at::Tensor w = weight.contiguous();
       at::Tensor gi_cl = at::zeros({s.N, g.H, g.W, s.C_in}, opts);
-      const scalar_t* wtp = wt.const_data_ptr<scalar_t>();
+      const scalar_t* wp = w.const_data_ptr<scalar_t>();
       scalar_t* gip = gi_cl.mutable_data_ptr<scalar_t>();
+      // Threads split the faces: each writes its own faces' rows of grad_input (neighbouring locations' windows
+      // overlap). Splitting the locations instead, with a grad_input buffer per thread summed afterwards, reads
+      // every weight once rather than once per thread, but measured no faster at N = 64 (the weights come from L3).
       at::parallel_for(0, s.N, grain_for(s.L() * s.K() * s.C_out), [&](int64_t n0, int64_t n1) {
-        k.backward_input(g, gop, wtp, gip, n0, n1);
+        std::vector<scalar_t> scratch(static_cast<size_t>(s.K() * s.C_out));
+        k.backward_input(g, gop, wp, gip, n0, n1, 0, s.L(), scratch.data());
       });
-      gi = gi_cl.permute({0, 3, 1, 2}).narrow(2, s.pH, s.H).narrow(3, s.pW, s.W).contiguous();
+      // [N, C_in, H, W] with channels-last strides: a view of the buffer when unpadded, else the inner part.
+      gi = gi_cl.permute({0, 3, 1, 2}).narrow(2, s.pH, s.H).narrow(3, s.pW, s.W);
+      if (s.pH != 0 || s.pW != 0) gi = gi.contiguous(at::MemoryFormat::ChannelsLast);
     }
   });
   at::Tensor gb = output_mask[2] ? gb_lc.permute({2, 0, 1}).contiguous() : gb_lc;

@@ -451,8 +451,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cuda(const at:
               grad_output.device());
   const c10::cuda::CUDAGuard guard(input.device());
   const auto opts = input.options();
-  // Same results as the CPU kernels: contiguous gi / gw / gb, an empty tensor for an unwanted slot, and zero
-  // gradients for an empty batch.
+  // Same results as the CPU kernels: gi with channels-last strides (the kernel writes it contiguous; converted on
+  // return), contiguous gw / gb, an empty tensor for an unwanted slot, and zero gradients for an empty batch.
   at::Tensor gi = output_mask[0] ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   at::Tensor gw = output_mask[1] ? at::empty(weight.sizes(), opts) : at::empty({0}, opts);
   at::Tensor gb = output_mask[2] ? at::empty({sh.C_out, sh.H_out, sh.W_out}, opts) : at::empty({0}, opts);
@@ -461,7 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cuda(const at:
     if (output_mask[1]) gw.zero_();
     // With no taps (C_in == 0) the output is the bias alone, so grad_bias is still the sum over faces.
     if (output_mask[2]) gb.copy_(grad_output.sum(0));
-    return {gi, gw, gb};
+    return {output_mask[0] ? gi.contiguous(at::MemoryFormat::ChannelsLast) : gi, gw, gb};
   }
   // [N, L, C_out] rows, the layout the kernels read grad_output in.
   const at::Tensor go = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
@@ -518,7 +518,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cuda(const at:
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {gi, gw, gb};
+  return {output_mask[0] ? gi.contiguous(at::MemoryFormat::ChannelsLast) : gi, gw, gb};
 }
 
 }  // namespace

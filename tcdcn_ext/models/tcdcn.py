@@ -295,7 +295,7 @@ class TCDCN(nn.Module):
         """The shared feature, Tensor[N, feature_dim]."""
         self._check_input(x)
         if torch.is_grad_enabled() or self.training:
-            h = self.conv(x)
+            h = self._conv_training(x)
         else:
             plan = self._inference_plan(x)
             if plan is not None:
@@ -308,6 +308,23 @@ class TCDCN(nn.Module):
         s = self.config.input_size
         if x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != s or x.shape[3] != s:
             raise ValueError(f"TCDCN: expected input Tensor[N, 1, {s}, {s}], got shape {tuple(x.shape)}")
+
+    def _conv_training(self, h: Tensor) -> Tensor:
+        """The conv stack with gradients: each pooled |tanh| layer's activation and 2x2 max pooling as one op
+        (:func:`tcdcn_ext.ops.abs_tanh_maxpool2d`: one tanh per pooled output, and its backward hands the
+        locally connected layer's backward channels-last rows without a copy); the modules one by one where the
+        stack is no longer what the description says."""
+        conv = self._conv_modules()
+        if conv is None:
+            return self.conv(h)
+        for layer, (m, *after) in conv:
+            h = m(h)
+            if layer.epilogue.activation == "abs_tanh" and layer.epilogue.pooled:
+                h = ops.abs_tanh_maxpool2d(h)
+                continue
+            for a in after:
+                h = a(h)
+        return h
 
     def _conv_inference(self, h: Tensor) -> Tensor:
         """The conv stack with each locally connected layer, its |tanh| and (on the CPU) the 2x2 max pooling after

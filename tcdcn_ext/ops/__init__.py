@@ -22,6 +22,13 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     ``x == 0`` (the mean of the one-sided derivatives -1 and +1, and what autograd gives for ``tanh(x).abs()``).
     float32 uses a vectorised exp-based formula (max abs error ~1e-7 vs libm); float64 uses libm.
 
+``abs_tanh_maxpool2d(x)``
+    ``max_pool2d(abs_tanh(x), 2)`` (kernel 2, stride 2, floor mode) in one pass, with a gradient: the trainable form
+    of a pooled layer's activation (the training path of :class:`~tcdcn_ext.models.TCDCN` on the CPU). One tanh per
+    output (|tanh| increases with |x|: a cell's value is ``tanh(max |x|)``); the backward reads ``x`` and the
+    output and sends each cell's gradient to its first maximum of ``|x|``, as ``max_pool2d`` does. Channels-last
+    ``x`` (``lc_conv2d``'s output) gives channels-last output and gradient.
+
 ``lc_conv2d_abs_tanh(...)``
     ``abs_tanh(lc_conv2d(...))`` in one pass, inference only: asking for gradients raises.
 
@@ -65,6 +72,7 @@ __all__ = [
     "Epilogue",
     "LC_EPILOGUES",
     "abs_tanh",
+    "abs_tanh_maxpool2d",
     "as_pair",
     "conv3x3_stride2_relu",
     "cpu_isa",
@@ -276,6 +284,14 @@ def lc_conv2d_stack(
 def abs_tanh(x: Tensor) -> Tensor:
     """``|tanh(x)|`` elementwise (float32/float64; dense layouts such as channels-last are kept)."""
     return _ops.abs_tanh(x)
+
+
+def abs_tanh_maxpool2d(x: Tensor) -> Tensor:
+    """``max_pool2d(abs_tanh(x), 2)`` (kernel 2, stride 2, floor mode) in one op with a gradient.
+
+    ``x``: Tensor[N, C, H, W], float32/float64, ``H, W >= 2``; returns Tensor[N, C, H // 2, W // 2] in ``x``'s
+    layout (channels-last stays channels-last, anything else comes out contiguous)."""
+    return _ops.abs_tanh_maxpool2d(x)
 
 
 def face_patches(
@@ -490,7 +506,8 @@ def _lc_conv2d_backward_fake(grad_output, input, weight, stride, padding, output
 
     c_out, h_out, w_out = weight.shape[5], weight.shape[0], weight.shape[1]
     return (
-        make(output_mask[0], input.shape),
+        make(output_mask[0], input.shape).contiguous(memory_format=torch.channels_last) if output_mask[0]
+        else make(False, ()),
         make(output_mask[1], weight.shape),
         make(output_mask[2], (c_out, h_out, w_out)),
     )
@@ -538,6 +555,33 @@ def _abs_tanh_fake(x):
     if _is_dense(x):
         return torch.empty_like(x)
     return x.new_empty(x.shape)
+
+
+def _pool_walk_format(x: Tensor) -> torch.memory_format:
+    """The layout abs_tanh_maxpool2d's CPU kernels walk and return (csrc/cpu/abs_tanh_maxpool_cpu.cpp)."""
+    cl = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _check_pool_input(x: Tensor, op: str) -> None:
+    torch._check(x.dtype in (torch.float32, torch.float64),
+                 lambda: f"{op}: x must be float32 or float64, got {x.dtype}")
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D [N, C, H, W], got {x.dim()}-D (shape {tuple(x.shape)})")
+    torch._check(x.shape[2] >= 2 and x.shape[3] >= 2,
+                 lambda: f"{op}: x must be at least 2x2 for 2x2 pooling, got shape {tuple(x.shape)}")
+
+
+@torch.library.register_fake("tcdcn_ext::abs_tanh_maxpool2d")
+def _abs_tanh_maxpool2d_fake(x):
+    _check_pool_input(x, "abs_tanh_maxpool2d")
+    shape = (x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+    return x.new_empty(shape).contiguous(memory_format=_pool_walk_format(x))
+
+
+@torch.library.register_fake("tcdcn_ext::_abs_tanh_maxpool2d_backward")
+def _abs_tanh_maxpool2d_backward_fake(grad_output, x, out):
+    _check_pool_input(x, "_abs_tanh_maxpool2d_backward")
+    return x.new_empty(x.shape).contiguous(memory_format=_pool_walk_format(x))
 
 
 @torch.library.register_fake("tcdcn_ext::_abs_tanh_backward")
@@ -616,3 +660,41 @@ def _abs_tanh_backward(ctx, grad_output):
 
 
 torch.library.register_autograd("tcdcn_ext::abs_tanh", _abs_tanh_backward, setup_context=_abs_tanh_setup_context)
+
+
+def _abs_tanh_maxpool2d_setup_context(ctx, inputs, output):
+    (x,) = inputs
+    ctx.save_for_backward(x, output)
+
+
+def _abs_tanh_maxpool2d_backward(ctx, grad_output):
+    x, out = ctx.saved_tensors
+    return _ops._abs_tanh_maxpool2d_backward(grad_output, x, out)
+
+
+torch.library.register_autograd("tcdcn_ext::abs_tanh_maxpool2d", _abs_tanh_maxpool2d_backward,
+                                setup_context=_abs_tanh_maxpool2d_setup_context)
+
+
+# CUDA: the op composed from abs_tanh's CUDA kernel and ATen's pooling (the fused kernel is the CPU training path's
+# gain; on a GPU the pooling is cheap next to the locally connected layers), with the CPU kernels' layouts.
+def _pool_cuda(x: Tensor) -> Tensor:
+    _check_pool_input(x, "abs_tanh_maxpool2d")
+    fmt = _pool_walk_format(x)
+    t = _ops.abs_tanh(x.contiguous(memory_format=fmt))
+    return torch.nn.functional.max_pool2d(t, 2).contiguous(memory_format=fmt)
+
+
+def _pool_backward_cuda(grad_output: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    _check_pool_input(x, "_abs_tanh_maxpool2d_backward")
+    fmt = _pool_walk_format(x)
+    xx = x.contiguous(memory_format=fmt)
+    t = _ops.abs_tanh(xx)
+    _, idx = torch.nn.functional.max_pool2d(t, 2, return_indices=True)
+    gt = torch.ops.aten.max_pool2d_with_indices_backward(grad_output.contiguous(memory_format=fmt), t, [2, 2],
+                                                         [2, 2], [0, 0], [1, 1], False, idx)
+    return _ops._abs_tanh_backward(gt.contiguous(memory_format=fmt), xx).contiguous(memory_format=fmt)
+
+
+torch.library.register_kernel("tcdcn_ext::abs_tanh_maxpool2d", "cuda", _pool_cuda)
+torch.library.register_kernel("tcdcn_ext::_abs_tanh_maxpool2d_backward", "cuda", _pool_backward_cuda)

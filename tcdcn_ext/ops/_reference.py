@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["abs_tanh", "conv3x3_stride2_relu", "dw_separable", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
+__all__ = ["abs_tanh", "abs_tanh_maxpool2d", "conv3x3_stride2_relu", "dw_separable", "face_patches", "lc_conv2d", "lc_conv2d_abs_tanh", "lc_conv2d_abs_tanh_maxpool2d",
            "lc_conv2d_stack", "shift_average"]
 
 
@@ -50,6 +50,11 @@ def lc_conv2d(
 def abs_tanh(x: Tensor) -> Tensor:
     """``|tanh(x)|``; autograd gives the gradient ``sign(x) * (1 - tanh(x)^2)``, 0 at ``x == 0``."""
     return torch.tanh(x).abs()
+
+
+def abs_tanh_maxpool2d(x: Tensor) -> Tensor:
+    """``max_pool2d(|tanh(x)|, 2)`` (kernel 2, stride 2, floor mode)."""
+    return F.max_pool2d(abs_tanh(x), 2)
 
 
 def lc_conv2d_abs_tanh(

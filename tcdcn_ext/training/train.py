@@ -43,6 +43,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -405,7 +406,7 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
                 torch.distributed.all_reduce(log_s.grad)
                 log_s.grad /= world.size
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                clip_gradients(model.parameters(), cfg.grad_clip)
             opt.step()
             if scale > 0:  # (a rank without rows ran a dummy row with factor 0)
                 for k, v in losses.items():
@@ -455,6 +456,21 @@ def _train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None
     if main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_``'s rule (every gradient times ``max_norm / (norm + 1e-6)`` when that is
+    below 1; the 2-norm over all of them) without the scaling pass when it would multiply by 1, as in most steps:
+    one read of the 3.4 M gradients instead of a read and then a read-modify-write (~0.6 ms a step of 64 faces on
+    2 threads). Returns the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.nn.utils.get_total_norm(grads, 2.0, foreach=True))
+    coef = max_norm / (norm + 1e-6)
+    if not coef >= 1.0:  # below 1, or NaN (a non-finite norm spreads to the gradients, as clip_grad_norm_ does)
+        torch._foreach_mul_(grads, coef)
+    return norm
 
 
 def refit_aux_heads(weights: str | os.PathLike, out: str | os.PathLike, train_dir: str | os.PathLike | None = None,

@@ -38,7 +38,103 @@ void abs_tanh_backward_f64(const double* go, const double* x, double* gi, int64_
   }
 }
 
+// abs_tanh_maxpool2d's rows (AbsTanhKernels::pool_max_abs / pool_backward). Branch-free selects on whole vectors;
+// "takes" is the pooling rule (v > m or v is NaN), so the first maximum wins and NaN propagates.
+template <typename V>
+inline V vabs(V v) {
+  return v < V{} ? -v : v;
+}
+
+template <typename V>
+inline auto pool_takes(V v, V m) {
+  return (v > m) | (v != v);
+}
+
+template <typename T>
+void pool_max_abs(const T* const* x, T* m, int64_t n) {
+  int64_t i = 0;
+#if TCDCN_VEC_BYTES > 0
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  for (; i + W <= n; i += W) {
+    vec best = vabs(vload<T>(x[0] + i));
+    for (int k = 1; k < 4; ++k) {
+      const vec v = vabs(vload<T>(x[k] + i));
+      best = pool_takes(v, best) ? v : best;
+    }
+    vstore<T>(m + i, best);
+  }
+#endif
+  for (; i < n; ++i) {
+    T best = x[0][i] < T(0) ? -x[0][i] : x[0][i];
+    for (int k = 1; k < 4; ++k) {
+      const T v = x[k][i] < T(0) ? -x[k][i] : x[k][i];
+      best = (v > best || v != v) ? v : best;
+    }
+    m[i] = best;
+  }
+}
+
+template <typename T>
+void pool_backward(const T* const* x, const T* go, const T* out, T* const* g, int64_t n) {
+  int64_t i = 0;
+#if TCDCN_VEC_BYTES > 0
+  typedef typename VT<T>::vec vec;
+  constexpr int W = VT<T>::W;
+  for (; i + W <= n; i += W) {
+    vec xs[4];
+    for (int k = 0; k < 4; ++k) xs[k] = vload<T>(x[k] + i);
+    vec best = vabs(xs[0]), picked = xs[0];
+    auto arg = best != best;  // all false; the type of a comparison mask
+    auto is1 = arg, is2 = arg, is3 = arg;
+    {
+      const vec v = vabs(xs[1]);
+      is1 = pool_takes(v, best);
+      best = is1 ? v : best;
+      picked = is1 ? xs[1] : picked;
+    }
+    {
+      const vec v = vabs(xs[2]);
+      is2 = pool_takes(v, best);
+      best = is2 ? v : best;
+      picked = is2 ? xs[2] : picked;
+    }
+    {
+      const vec v = vabs(xs[3]);
+      is3 = pool_takes(v, best);
+      picked = is3 ? xs[3] : picked;
+    }
+    const vec o = vload<T>(out + i);
+    const vec zero{};
+    const vec sgn = picked > zero ? zero + T(1) : (picked < zero ? zero - T(1) : zero);
+    const vec gv = vload<T>(go + i) * sgn * (T(1) - o * o);
+    // the winner is the last k whose "takes" held
+    const auto w3 = is3, w2 = is2 & ~is3, w1 = is1 & ~is2 & ~is3, w0 = ~(is1 | is2 | is3);
+    // the others get 0, or NaN where x is NaN (0 * d|tanh|/dx at NaN, as abs_tanh's backward after the pooling's)
+    vstore<T>(g[0] + i, w0 ? gv : (xs[0] != xs[0] ? xs[0] : zero));
+    vstore<T>(g[1] + i, w1 ? gv : (xs[1] != xs[1] ? xs[1] : zero));
+    vstore<T>(g[2] + i, w2 ? gv : (xs[2] != xs[2] ? xs[2] : zero));
+    vstore<T>(g[3] + i, w3 ? gv : (xs[3] != xs[3] ? xs[3] : zero));
+  }
+#endif
+  for (; i < n; ++i) {
+    T best = x[0][i] < T(0) ? -x[0][i] : x[0][i];
+    int arg = 0;
+    for (int k = 1; k < 4; ++k) {
+      const T v = x[k][i] < T(0) ? -x[k][i] : x[k][i];
+      if (v > best || v != v) {
+        best = v;
+        arg = k;
+      }
+    }
+    const T gv = go[i] * sign_of(x[arg][i]) * (T(1) - out[i] * out[i]);
+    for (int k = 0; k < 4; ++k) g[k][i] = k == arg ? gv : (x[k][i] != x[k][i] ? x[k][i] : T(0));
+  }
+}
+
 }  // namespace
 
-const AbsTanhKernels<float> abs_tanh_kernels_f32 = {&abs_tanh_f32, &abs_tanh_backward_f32};
-const AbsTanhKernels<double> abs_tanh_kernels_f64 = {&abs_tanh_f64, &abs_tanh_backward_f64};
+const AbsTanhKernels<float> abs_tanh_kernels_f32 = {&abs_tanh_f32, &abs_tanh_backward_f32, &pool_max_abs<float>,
+                                                    &pool_backward<float>};
+const AbsTanhKernels<double> abs_tanh_kernels_f64 = {&abs_tanh_f64, &abs_tanh_backward_f64, &pool_max_abs<double>,
+                                                     &pool_backward<double>};

@@ -42,9 +42,13 @@ struct LcKernels {
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
   // gb[l, co] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
   void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1);
-  // For faces [n0, n1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] += sum_co go[n, l, co] * wt[l, co, kh, kw, ci]
-  // over every l. wt: [L, C_out, kH, kW, C_in] contiguous; gi: channels-last [N, H, W, C_in], zeroed by the caller.
-  void (*backward_input)(const LcGeom& g, const T* go, const T* wt, T* gi, int64_t n0, int64_t n1);
+  // For faces [n0, n1) and locations [l0, l1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] +=
+  // sum_co go[n, l, co] * w[l, ci, kh, kw, co]. w: the forward's [L, K, C_out] weights; each location's are
+  // transposed to [C_out, kH, kW, C_in] into scratch (K * C_out elements, the calling thread's own) while they are
+  // in cache. gi: channels-last [N, H, W, C_in], zeroed by the caller; the windows of neighbouring locations
+  // overlap, so threads that split the locations need grad_input buffers of their own.
+  void (*backward_input)(const LcGeom& g, const T* go, const T* w, T* gi, int64_t n0, int64_t n1, int64_t l0,
+                         int64_t l1, T* scratch);
   // forward with the weights stored as IEEE binary16 bits (same layout as w): each weight is widened to T on load
   // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
   void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,
@@ -75,6 +79,13 @@ struct AbsTanhKernels {
   void (*forward)(const T* x, T* y, int64_t n);
   // gi[i] = go[i] * sign(x[i]) * (1 - tanh(x[i])^2), with sign(0) = 0.
   void (*backward)(const T* go, const T* x, T* gi, int64_t n);
+  // abs_tanh_maxpool2d, one run of n side-by-side pooling cells whose four inputs are x[k] + i (k = 0..3: top-left,
+  // top-right, bottom-left, bottom-right), i < n:
+  //   pool_max_abs: m[i] = max_k |x[k][i]| (NaN wins; the caller takes tanh of it afterwards);
+  //   pool_backward: the cell's argmax k* (the first k holding the maximum of |x|, a NaN replacing any k before it)
+  //   gets g[k*][i] = go[i] * sign(x[k*][i]) * (1 - out[i]^2), the other three g[k][i] = 0.
+  void (*pool_max_abs)(const T* const* x, T* m, int64_t n);
+  void (*pool_backward)(const T* const* x, const T* go, const T* out, T* const* g, int64_t n);
 };
 
 // Geometry of the detector's convolutions (dw_separable, stem): activations channels-last and contiguous.
