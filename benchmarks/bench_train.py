@@ -1,11 +1,16 @@
-"""Training throughput (issue 6): one epoch of the shipped 5-point recipe over the 10,000 MTFL training faces
-(forward + backward + Adam update of every batch of 64, augmentation, the validation pass), all threads.
+"""Training throughput (issues 6 and 17), all threads (2 here).
+
+* ``test_one_epoch``: one epoch of the shipped 5-point recipe over the 10,000 MTFL training faces (forward +
+  backward + Adam update of every batch of 64, augmentation, the validation pass). The row's time is the epoch's
+  own clock from the training log (``seconds``: the loop over the training batches and the validation pass, not
+  loading the images); extra_info has faces_per_s. Bars (issue 17): need <= 3 s, goal <= 1.5 s. Skipped when
+  ``../shared/data/mtfl/train`` (or ``$TCDCN_DATA/mtfl/train``) is absent.
+* ``test_train_step[ours|reference]``: one training step on 64 random faces (forward, the recipe's loss, backward,
+  gradient clipping, fused Adam), our ops against the same network and weights through the pure-PyTorch reference
+  ops (``F.unfold`` + ``einsum``, ``tanh().abs()``, ``max_pool2d``) in the same run; the gradients of the two are
+  compared before timing. Needs no data.
 
     pytest benchmarks/bench_train.py --benchmark-json=bench_train.json
-
-The row's time is the epoch's own clock from the training log (``seconds``: the loop over the training batches
-and the validation pass, not loading the images); extra_info has faces_per_s. The bar: <= 10 s per epoch.
-Skipped when ``../shared/data/mtfl/train`` (or ``$TCDCN_DATA/mtfl/train``) is absent.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import torch.nn.functional as F
+
+from tcdcn_ext import _reference as ref
+from tcdcn_ext.models import TCDCN
+from tcdcn_ext.nn import AbsTanh, LocallyConnected2d
 from tcdcn_ext.train import TrainConfig, train
+from tcdcn_ext.training.train import clip_gradients
 
 
 def _train_dir() -> Path:
@@ -44,4 +55,49 @@ def test_one_epoch(benchmark, tmp_path):
     benchmark.pedantic(run, rounds=2, warmup_rounds=0, iterations=1)
     best = min(epochs)
     benchmark.extra_info.update(epoch_seconds=epochs, best_epoch_seconds=best, faces_per_s=10_000 / best,
-                                threads=threads, bar_seconds=10.0)
+                                threads=threads, need_seconds=3.0, goal_seconds=1.5)
+
+
+def _reference_outputs(model: TCDCN, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training forward through the reference ops only (same parameters, so autograd reaches them)."""
+    h = x
+    for layer in model.conv:
+        if isinstance(layer, LocallyConnected2d):
+            h = ref.lc_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
+        elif isinstance(layer, AbsTanh):
+            h = ref.abs_tanh(h)
+        else:
+            h = layer(h)
+    f = ref.abs_tanh(F.linear(h.flatten(1), model.fc.weight, model.fc.bias))
+    return {"landmarks": model.landmark_head(f).view(-1, model.num_points, 2),
+            **{t: head(f) for t, head in model.aux_heads.items()}}
+
+
+@pytest.mark.parametrize("impl", ["ours", "reference"])
+def test_train_step(benchmark, impl):
+    torch.manual_seed(0)
+    model = TCDCN().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+    x, uv = torch.randn(64, 1, 40, 40), torch.rand(64, 5, 2)
+    labels = {t: torch.randint(0, head.out_features, (64,)) for t, head in model.aux_heads.items()}
+    forward = model if impl == "ours" else (lambda inp: _reference_outputs(model, inp))
+
+    def loss_of(out):
+        return (out["landmarks"] - uv).abs().sum(-1).mean() + sum(F.cross_entropy(out[t], y) for t, y in labels.items())
+
+    if impl == "ours":  # same gradients as the reference before anything is timed
+        g_ours = torch.autograd.grad(loss_of(model(x)), list(model.parameters()))
+        g_ref = torch.autograd.grad(loss_of(_reference_outputs(model, x)), list(model.parameters()))
+        for a, b in zip(g_ours, g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+    def step():
+        loss = loss_of(forward(x))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model.parameters(), 10.0)
+        opt.step()
+
+    benchmark.group = "training: one step, 64 faces, all threads (ours vs reference ops)"
+    benchmark.pedantic(step, rounds=30 if impl == "ours" else 5, warmup_rounds=3, iterations=1)
+    benchmark.extra_info.update(threads=torch.get_num_threads(), faces=64)

@@ -190,8 +190,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* gwp = output_mask[1] ? gw.mutable_data_ptr<scalar_t>() : nullptr;
       scalar_t* gbp = output_mask[2] ? gb_lc.mutable_data_ptr<scalar_t>() : nullptr;
+      // The taps by their input offsets (stable): channels-last input puts a pixel's channels side by side.
+      std::vector<int64_t> order(static_cast<size_t>(s.K())), order_off(static_cast<size_t>(s.K()));
+      for (int64_t j = 0; j < s.K(); ++j) order[j] = j;
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return off[a] < off[b]; });
+      for (int64_t j = 0; j < s.K(); ++j) order_off[j] = off[order[j]];
       at::parallel_for(0, s.L(), grain_for(s.N * s.K() * s.C_out), [&](int64_t l0, int64_t l1) {
-        k.backward_weight(g, xp, gop, gwp, gbp, l0, l1);
+        k.backward_weight(g, xp, gop, gwp, gbp, l0, l1, order.data(), order_off.data());
       });
     }
     if (output_mask[0]) {

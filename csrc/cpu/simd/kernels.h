@@ -40,8 +40,11 @@ struct LcKernels {
   void (*forward)(const LcGeom& g, const T* in, const T* w, const T* bias, T* out, int64_t l0, int64_t l1,
                   Epilogue epilogue);
   // For locations [l0, l1): gw[l, k, co] = sum_n in[n, window(l) + in_off[k]] * go[n, l, co] (overwritten);
-  // gb[l, co] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted).
-  void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1);
+  // gb[l, co] = sum_n go[n, l, co]. go: [N, L, C_out] contiguous; gw or gb may be null (not wanted). order: the K
+  // taps in the order they are visited (the caller sorts them by input offset), order_off[j] =
+  // in_off[order[j]].
+  void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1,
+                          const int64_t* order, const int64_t* order_off);
   // For faces [n0, n1) and locations [l0, l1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] +=
   // sum_co go[n, l, co] * w[l, ci, kh, kw, co]. w: the forward's [L, K, C_out] weights; each location's are
   // transposed to [C_out, kH, kW, C_in] into scratch (K * C_out elements, the calling thread's own) while they are

@@ -10,7 +10,7 @@ namespace {
 
 template <typename T, int R, int V>
 inline void lc_bw_tile(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const int64_t* off,
-                       const T* go0, int64_t go_stride, T* gw0) {
+                       const int64_t* rows, const T* go0, int64_t go_stride, T* gw0) {
   typedef typename VT<T>::vec vec;
   constexpr int W = VT<T>::W;
   const int64_t C = g.C_out;
@@ -28,22 +28,25 @@ inline void lc_bw_tile(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, c
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) vstore<T>(gw0 + r * C + v * W, acc[r][v]);
+    for (int v = 0; v < V; ++v) vstore<T>(gw0 + rows[r] * C + v * W, acc[r][v]);
 }
 
+// Taps in the input's memory order (order[j]: the weight row of the j-th; off[j]: its offset): a tile's R taps
+// are then neighbours in memory (with channels-last input, R channels of one pixel: one or two cache lines a face
+// instead of R), and each tile writes its rows where the weight layout has them.
 template <typename T, int V>
-inline void lc_bw_taps(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const T* go0, int64_t go_stride,
-                       T* gwl) {
+inline void lc_bw_taps(const tcdcn::cpu::LcGeom& g, const T* in, int64_t base, const int64_t* off,
+                       const int64_t* order, const T* go0, int64_t go_stride, T* gwl) {
   constexpr int R = rows_for(V);
-  const int64_t K = g.K(), C = g.C_out;
+  const int64_t K = g.K();
   int64_t k = 0;
-  for (; k + R <= K; k += R) lc_bw_tile<T, R, V>(g, in, base, g.in_off + k, go0, go_stride, gwl + k * C);
-  for (; k < K; ++k) lc_bw_tile<T, 1, V>(g, in, base, g.in_off + k, go0, go_stride, gwl + k * C);
+  for (; k + R <= K; k += R) lc_bw_tile<T, R, V>(g, in, base, off + k, order + k, go0, go_stride, gwl);
+  for (; k < K; ++k) lc_bw_tile<T, 1, V>(g, in, base, off + k, order + k, go0, go_stride, gwl);
 }
 
 template <typename T>
 void lc_backward_weight(const tcdcn::cpu::LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0,
-                        int64_t l1) {
+                        int64_t l1, const int64_t* order, const int64_t* order_off) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, L = g.L(), N = g.N;
   const int64_t c_full = (C / W) * W;
@@ -57,10 +60,10 @@ void lc_backward_weight(const tcdcn::cpu::LcGeom& g, const T* in, const T* go, T
         const int V = nv >= 4 ? 4 : int(nv);
         const T* go0 = go + l * C + c0;
         switch (V) {
-          case 4: lc_bw_taps<T, 4>(g, in, base, go0, go_stride, gwl + c0); break;
-          case 3: lc_bw_taps<T, 3>(g, in, base, go0, go_stride, gwl + c0); break;
-          case 2: lc_bw_taps<T, 2>(g, in, base, go0, go_stride, gwl + c0); break;
-          default: lc_bw_taps<T, 1>(g, in, base, go0, go_stride, gwl + c0); break;
+          case 4: lc_bw_taps<T, 4>(g, in, base, order_off, order, go0, go_stride, gwl + c0); break;
+          case 3: lc_bw_taps<T, 3>(g, in, base, order_off, order, go0, go_stride, gwl + c0); break;
+          case 2: lc_bw_taps<T, 2>(g, in, base, order_off, order, go0, go_stride, gwl + c0); break;
+          default: lc_bw_taps<T, 1>(g, in, base, order_off, order, go0, go_stride, gwl + c0); break;
         }
         c0 += V * W;
       }
