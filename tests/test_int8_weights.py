@@ -213,3 +213,26 @@ def test_fuzz_int8_layer_on_every_path(n, c_in, c_out, k, extra, epilogue, wide,
         got = engine.stacked(x)
     want = ref.lc_conv2d_stack(x, [dequantize_lc_weight(q, s), w2], [b1, b2], [epilogue, "none"]).flatten(1)
     torch.testing.assert_close(got, want, rtol=0, atol=TOL[isa] * max(float(want.abs().max()), 1.0))
+
+
+@pytest.mark.skipif("5pt" not in shipped_models(), reason="no shipped 5-point model")
+def test_shipped_int8_weights_match_their_record_and_round_trip():
+    """The int8 weights the shipped 5-point model runs on are exactly the ones its model card measured (sha256 in
+    weights/tcdcn_5pt.json), and quantising their dequantised values gives the same int8 weights and scales back."""
+    import json
+
+    from tcdcn_ext.models.weights import WEIGHTS_DIR
+    from tcdcn_ext.nn import LocallyConnected2d
+    from tcdcn_ext.ops.quantize import dequantize_lc_weight, int8_digest, quantize_lc_weight
+
+    m = load_model("5pt")
+    weights = [layer.weight for layer in m.conv if isinstance(layer, LocallyConnected2d)]
+    record = json.loads((WEIGHTS_DIR / "tcdcn_5pt.json").read_text())
+    assert int8_digest(weights) == record["int8"]["sha256"]
+    for w in weights:
+        q, scale = quantize_lc_weight(w)
+        q2, scale2 = quantize_lc_weight(dequantize_lc_weight(q, scale))
+        assert torch.equal(q, q2) and torch.equal(scale, scale2)
+    plan = m.eval()._inference_plan(torch.zeros(1, 1, 40, 40))
+    got = [w for w, s in zip(plan.weights, plan.scales) if s is not None]
+    assert len(got) == len(weights) and all(torch.equal(g, quantize_lc_weight(w)[0]) for g, w in zip(got, weights))

@@ -11,10 +11,13 @@ At batch 1 the forward reads every weight once: a quarter of float32's bytes, ha
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["dequantize_lc_weight", "quantize_lc_weight"]
+__all__ = ["dequantize_lc_weight", "int8_digest", "quantize_lc_weight"]
 
 #: The largest |q|: symmetric, so -128 is never used (and -q is always representable).
 QMAX = 127
@@ -23,7 +26,8 @@ QMAX = 127
 def quantize_lc_weight(w: Tensor) -> tuple[Tensor, Tensor]:
     """``(q, scale)``: int8 ``Tensor[H_out, W_out, C_in, kH, kW, C_out]`` and float32 ``Tensor[H_out, W_out,
     C_out]`` with ``w ~= q * scale[:, :, None, None, None, :]`` (error <= scale / 2 per weight). Deterministic: the
-    same float32 values give the same bits (the offline files are checked against it)."""
+    same float32 values give the same bits (the shipped 5-point model's record pins the sha256 of
+    its int8 form, :func:`int8_digest`)."""
     if w.dim() != 6:
         raise ValueError(f"quantize_lc_weight: weight must be 6-D [H_out, W_out, C_in, kH, kW, C_out], got shape "
                          f"{tuple(w.shape)}")
@@ -41,3 +45,16 @@ def quantize_lc_weight(w: Tensor) -> tuple[Tensor, Tensor]:
 def dequantize_lc_weight(q: Tensor, scale: Tensor) -> Tensor:
     """float32 ``q * scale`` in the weight's layout: the weights int8 inference computes with."""
     return q.float() * scale[:, :, None, None, None, :]
+
+
+def int8_digest(weights: Sequence[Tensor]) -> str:
+    """sha256 of the int8 form of locally connected weights, in order: each layer's ``q`` bytes then its ``scale``
+    bytes (little-endian float32) from :func:`quantize_lc_weight`. The shipped 5-point model's record
+    (``weights/tcdcn_5pt.json``, ``"int8"``) carries it, so the int8 weights a deployment computes are checked to be
+    the ones its model card measured."""
+    h = hashlib.sha256()
+    for w in weights:
+        q, scale = quantize_lc_weight(w)
+        h.update(q.numpy().tobytes())
+        h.update(scale.numpy().astype("<f4").tobytes())
+    return h.hexdigest()
