@@ -306,6 +306,19 @@ def _elementwise_tensor(draw, dims, layout, dtype, scale, specials, zeros):
     return t
 
 
+def _assert_grad_matches(gi: torch.Tensor, reference, x: torch.Tensor, g: torch.Tensor) -> None:
+    """An elementwise op's backward ``gi`` (for input ``x`` and output gradient ``g``) against autograd through the
+    reference; tolerances scaled by the largest finite |g|, NaN where the reference has NaN."""
+    xr = x.detach().clone().requires_grad_(True)
+    (want_g,) = torch.autograd.grad(reference(xr), (xr,), g)
+    assert gi.shape == x.shape and gi.dtype == x.dtype
+    f32 = x.dtype == torch.float32
+    finite = g[torch.isfinite(g)]
+    mag = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(gi, want_g, rtol=1e-5 if f32 else 1e-12, atol=(1e-6 if f32 else 1e-14) * mag,
+                               equal_nan=True)
+
+
 def _abs_tanh_body(case, data):
     draw = data.draw
     c = case
@@ -328,13 +341,7 @@ def _abs_tanh_body(case, data):
                                 dtype, 1.0, c["specials"], False).to(device)
     with _isa_ctx(device, c["isa"]):
         gi = torch.ops.tcdcn_ext._abs_tanh_backward(g, x)
-    xr = x.detach().clone().requires_grad_(True)
-    (want_g,) = torch.autograd.grad(ref.abs_tanh(xr), (xr,), g)
-    assert gi.shape == x.shape and gi.dtype == x.dtype
-    finite = g[torch.isfinite(g)]
-    mag = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    torch.testing.assert_close(gi, want_g, rtol=1e-5 if f32 else 1e-12, atol=(1e-6 if f32 else 1e-14) * mag,
-                               equal_nan=True)
+    _assert_grad_matches(gi, ref.abs_tanh, x, g)
 
 
 test_abs_tanh_ops_match_reference, test_abs_tanh_ops_match_reference_slow = _both(
@@ -385,13 +392,7 @@ def _pool_body(case, data):
     g = _tensor4(draw, tuple(want.shape), dtype, device, g_layout)
     with _isa_ctx(device, c["isa"]):
         gi = torch.ops.tcdcn_ext._abs_tanh_maxpool2d_backward(g, x, y)
-    xr = x.detach().clone().requires_grad_(True)
-    (want_g,) = torch.autograd.grad(ref.abs_tanh_maxpool2d(xr), (xr,), g)
-    assert gi.shape == x.shape and gi.dtype == x.dtype
-    finite = g[torch.isfinite(g)]
-    mag = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
-    torch.testing.assert_close(gi, want_g, rtol=1e-5 if f32 else 1e-12, atol=(1e-6 if f32 else 1e-14) * mag,
-                               equal_nan=True)
+    _assert_grad_matches(gi, ref.abs_tanh_maxpool2d, x, g)
 
 
 test_abs_tanh_maxpool2d_matches_reference, test_abs_tanh_maxpool2d_matches_reference_slow = _both(
