@@ -516,3 +516,13 @@ def test_model_training_path_equals_the_modules():
         torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, grads_p):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_abs_tanh_maxpool2d_under_compile():
+    """torch.compile(fullgraph=True) traces the op and its backward through the fake kernels; same values."""
+    fn = torch.compile(lambda t: ops.abs_tanh_maxpool2d(t).square().sum(), fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 16, 8, 6).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x), x)
+    xr = x.detach().clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(ref.abs_tanh_maxpool2d(xr).square().sum(), xr)
+    torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-6)
