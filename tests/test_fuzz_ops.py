@@ -306,6 +306,13 @@ def _elementwise_tensor(draw, dims, layout, dtype, scale, specials, zeros):
     return t
 
 
+def _assert_values_match(y: torch.Tensor, want: torch.Tensor, x: torch.Tensor) -> None:
+    """An elementwise op's output against the reference's: shape, dtype, values (NaN where the reference has NaN)."""
+    f32 = x.dtype == torch.float32
+    assert y.shape == want.shape and y.dtype == x.dtype
+    torch.testing.assert_close(y, want, rtol=1e-6 if f32 else 1e-13, atol=2e-7 if f32 else 1e-15, equal_nan=True)
+
+
 def _assert_grad_matches(gi: torch.Tensor, reference, x: torch.Tensor, g: torch.Tensor) -> None:
     """An elementwise op's backward ``gi`` (for input ``x`` and output gradient ``g``) against autograd through the
     reference; tolerances scaled by the largest finite |g|, NaN where the reference has NaN."""
@@ -326,10 +333,7 @@ def _abs_tanh_body(case, data):
     x = _elementwise_tensor(draw, c["dims"], c["layout"], dtype, c["scale"], c["specials"], c["zeros"]).to(device)
     with _isa_ctx(device, c["isa"]):
         y = ops.abs_tanh(x)
-    want = ref.abs_tanh(x)
-    f32 = dtype == torch.float32
-    assert y.shape == x.shape and y.dtype == x.dtype
-    torch.testing.assert_close(y, want, rtol=1e-6 if f32 else 1e-13, atol=2e-7 if f32 else 1e-15, equal_nan=True)
+    _assert_values_match(y, ref.abs_tanh(x), x)
     if x.numel() > 1 and is_non_overlapping_and_dense(x):  # dense layouts (channels-last, transposed) are kept
         strides = lambda t: [st_ for sz, st_ in zip(t.shape, t.stride()) if sz != 1]  # noqa: E731
         assert strides(y) == strides(x), (y.stride(), x.stride())
@@ -379,9 +383,7 @@ def _pool_body(case, data):
     with _isa_ctx(device, c["isa"]):
         y = ops.abs_tanh_maxpool2d(x)
     want = ref.abs_tanh_maxpool2d(x)
-    f32 = dtype == torch.float32
-    assert y.shape == want.shape and y.dtype == x.dtype
-    torch.testing.assert_close(y, want, rtol=1e-6 if f32 else 1e-13, atol=2e-7 if f32 else 1e-15, equal_nan=True)
+    _assert_values_match(y, want, x)
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() and x.shape[1] > 1
     if y.numel() > 1 and cl:
         assert y.is_contiguous(memory_format=torch.channels_last), y.stride()
