@@ -9,9 +9,10 @@
 // input before it, as in ATen's max_pool2d; sign(0) = 0, as in _abs_tanh_backward; the other inputs get 0, or NaN
 // where they are NaN (what abs_tanh's backward after max_pool2d's gives).
 //
-// Layout: channels-last x (what lc_conv2d returns) is walked with the channels innermost (unit stride, vectorised
-// by the compiler); any other x is made contiguous and walked with the columns innermost. The output and the
-// gradient have x's layout, so a layer's backward hands lc_conv2d's backward the rows it reads without a copy.
+// Layout: the kernels walk channels-last x (what lc_conv2d returns) with the channels innermost, one output row
+// (OW cells of C channels) a task. Any other x is walked as a channels-last copy, and its output and gradient are
+// handed back contiguous: the output and the gradient have x's layout, so a layer's backward hands lc_conv2d's
+// backward the rows it reads without a copy.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,6 +27,7 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 14;  // elements per task
 
+// Whether x has channels-last strides that differ from contiguous ones (with C == 1 the two address memory alike).
 bool is_channels_last(const at::Tensor& x) {
   return x.dim() == 4 && x.size(1) > 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
          !x.is_contiguous();
@@ -38,82 +40,45 @@ void check_input(const at::Tensor& x, const char* op) {
               x.sizes());
 }
 
-// x in the layout the kernels walk: channels-last as it is, anything else contiguous.
-at::Tensor walk_layout(const at::Tensor& x) {
-  if (is_channels_last(x)) return x;
-  return x.contiguous();
+// The layout x's output and gradient are returned in (abs_tanh_maxpool2d's contract, mirrored by its fake kernel).
+at::MemoryFormat result_format(const at::Tensor& x) {
+  return is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-struct Walk {
-  int64_t N, C, H, W, OH, OW;
-  bool cl;
-  // element strides of x (and of the gradient) and of the output
-  int64_t sN, sC, sH, sW, oN, oC, oH, oW;
-};
-
-Walk make_walk(const at::Tensor& x, const at::Tensor& out) {
-  Walk w{x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) / 2, x.size(3) / 2, is_channels_last(x),
-         x.stride(0), x.stride(1), x.stride(2), x.stride(3), out.stride(0), out.stride(1), out.stride(2),
-         out.stride(3)};
-  return w;
+// Runs fn(x_offset, out_offset) over the output rows of channels-last [N, C, H, W] x, in parallel: x_offset is
+// the element offset of the row's first cell's top-left input, out_offset that of its first output; cell ow's four
+// inputs are at x_offset + 2 * ow * C + {0, C, W * C, W * C + C}. work: elements a row touches (the task size).
+template <typename F>
+void for_output_rows(int64_t N, int64_t C, int64_t H, int64_t W, int64_t work, const F& fn) {
+  const int64_t OH = H / 2, OW = W / 2;
+  at::parallel_for(0, N * OH, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, work)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      fn((n * H + 2 * oh) * W * C, (n * OH + oh) * OW * C);
+    }
+  });
 }
 
 at::Tensor abs_tanh_maxpool2d_cpu(const at::Tensor& x_in) {
-  const char* op = "abs_tanh_maxpool2d";
-  check_input(x_in, op);
-  const at::Tensor x = walk_layout(x_in);
-  const bool cl = is_channels_last(x);
-  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2},
-                             x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
-                                                          : at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
-  const Walk w = make_walk(x, out);
+  check_input(x_in, "abs_tanh_maxpool2d");
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OW = W / 2;
+  at::Tensor out = at::empty({N, C, H / 2, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out.contiguous(result_format(x_in));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "abs_tanh_maxpool2d", [&] {
     const auto& k = cpu::abs_tanh_kernels<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
-    if (w.cl) {
-      // tasks: output rows (n, oh), each OW cells of C channels
-      const int64_t rows = w.N * w.OH, row_len = w.OW * w.C;
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, row_len)), [&](int64_t r0,
-                                                                                                    int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t n = r / w.OH, oh = r % w.OH;
-          scalar_t* o = op_ + n * w.oN + oh * w.oH;
-          for (int64_t ow = 0; ow < w.OW; ++ow) {
-            const scalar_t* a = xp + n * w.sN + 2 * oh * w.sH + 2 * ow * w.sW;
-            const scalar_t* cell[4] = {a, a + w.sW, a + w.sH, a + w.sH + w.sW};
-            k.pool_max_abs(cell, o + ow * w.oW, w.C);
-          }
-          k.forward(o, o, row_len);  // tanh(max |x|) = |tanh(max |x|)|
-        }
-      });
-    } else {
-      // tasks: output planes' rows (n, c, oh), each OW cells; x contiguous, so a cell's columns are 2 apart
-      const int64_t rows = w.N * w.C * w.OH;
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, w.OW)), [&](int64_t r0,
-                                                                                               int64_t r1) {
-        std::vector<scalar_t> scratch(4 * w.OW);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t oh = r % w.OH, nc = r / w.OH;
-          const scalar_t* a = xp + nc * w.H * w.W + 2 * oh * w.W;
-          scalar_t* o = op_ + nc * w.OH * w.OW + oh * w.OW;
-          // a run of OW cells: the four corners as stride-2 rows, gathered into four contiguous rows first
-          scalar_t* tmp = scratch.data();
-          for (int64_t ow = 0; ow < w.OW; ++ow) {
-            tmp[ow] = a[2 * ow];
-            tmp[w.OW + ow] = a[2 * ow + 1];
-            tmp[2 * w.OW + ow] = a[w.W + 2 * ow];
-            tmp[3 * w.OW + ow] = a[w.W + 2 * ow + 1];
-          }
-          const scalar_t* cell[4] = {tmp, tmp + w.OW, tmp + 2 * w.OW, tmp + 3 * w.OW};
-          k.pool_max_abs(cell, o, w.OW);
-          k.forward(o, o, w.OW);
-        }
-      });
-    }
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    for_output_rows(N, C, H, W, OW * C, [&](int64_t xi, int64_t oi) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const scalar_t* a = xp + xi + 2 * ow * C;
+        const scalar_t* cell[4] = {a, a + C, a + W * C, a + W * C + C};
+        k.pool_max_abs(cell, op + oi + ow * C, C);
+      }
+      k.forward(op + oi, op + oi, OW * C);  // tanh(max |x|) = |tanh(max |x|)|
+    });
   });
-  return out;
+  return out.contiguous(result_format(x_in));
 }
 
 at::Tensor abs_tanh_maxpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x_in,
@@ -128,63 +93,31 @@ at::Tensor abs_tanh_maxpool2d_backward_cpu(const at::Tensor& grad_output, const 
                   grad_output.device() == x_in.device() && out_in.device() == x_in.device(),
               op, ": grad_output, x and out must share dtype and device, got ", grad_output.scalar_type(), ", ",
               x_in.scalar_type(), ", ", out_in.scalar_type());
-  const at::Tensor x = walk_layout(x_in);
-  const bool cl = is_channels_last(x);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor go = grad_output.contiguous(fmt);
-  const at::Tensor out = out_in.contiguous(fmt);
-  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
-  if (gx.numel() == 0) return gx;
-  const Walk w = make_walk(x, out);
-  const bool odd_h = w.H % 2 != 0, odd_w = w.W % 2 != 0;
+  constexpr auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = x_in.contiguous(cl), go = grad_output.contiguous(cl), out = out_in.contiguous(cl);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OW = W / 2;
+  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(cl));
+  if (gx.numel() == 0) return gx.contiguous(result_format(x_in));
   // The row / column floor mode drops gets no gradient: 0, or NaN where x is NaN (0 times abs_tanh's derivative).
   const auto dropped = [](const at::Tensor& xs, at::Tensor gs) { gs.copy_(at::where(xs.isnan(), xs, 0)); };
-  if (odd_h) dropped(x.narrow(2, w.H - 1, 1), gx.narrow(2, w.H - 1, 1));
-  if (odd_w) dropped(x.narrow(3, w.W - 1, 1), gx.narrow(3, w.W - 1, 1));
+  if (H % 2 != 0) dropped(x.narrow(2, H - 1, 1), gx.narrow(2, H - 1, 1));
+  if (W % 2 != 0) dropped(x.narrow(3, W - 1, 1), gx.narrow(3, W - 1, 1));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "abs_tanh_maxpool2d", [&] {
     const auto& k = cpu::abs_tanh_kernels<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gop = go.const_data_ptr<scalar_t>();
     const scalar_t* outp = out.const_data_ptr<scalar_t>();
     scalar_t* gp = gx.mutable_data_ptr<scalar_t>();
-    if (w.cl) {
-      const int64_t rows = w.N * w.OH;
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 4 * w.OW * w.C)),
-                       [&](int64_t r0, int64_t r1) {
-                         for (int64_t r = r0; r < r1; ++r) {
-                           const int64_t n = r / w.OH, oh = r % w.OH;
-                           for (int64_t ow = 0; ow < w.OW; ++ow) {
-                             const int64_t i = n * w.sN + 2 * oh * w.sH + 2 * ow * w.sW;
-                             const int64_t o = n * w.oN + oh * w.oH + ow * w.oW;
-                             const scalar_t* cell[4] = {xp + i, xp + i + w.sW, xp + i + w.sH, xp + i + w.sH + w.sW};
-                             scalar_t* gcell[4] = {gp + i, gp + i + w.sW, gp + i + w.sH, gp + i + w.sH + w.sW};
-                             k.pool_backward(cell, gop + o, outp + o, gcell, w.C);
-                           }
-                         }
-                       });
-    } else {
-      const int64_t rows = w.N * w.C * w.OH;
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, 4 * w.OW)),
-                       [&](int64_t r0, int64_t r1) {
-                         std::vector<scalar_t> scratch(8 * w.OW);
-                         for (int64_t r = r0; r < r1; ++r) {
-                           const int64_t oh = r % w.OH, nc = r / w.OH;
-                           const int64_t i0 = nc * w.H * w.W + 2 * oh * w.W, o0 = nc * w.OH * w.OW + oh * w.OW;
-                           // the run's four corners gathered into contiguous rows, their gradients scattered back
-                           scalar_t* t = scratch.data();
-                           const int64_t corner[4] = {0, 1, w.W, w.W + 1};
-                           for (int k4 = 0; k4 < 4; ++k4)
-                             for (int64_t ow = 0; ow < w.OW; ++ow) t[k4 * w.OW + ow] = xp[i0 + corner[k4] + 2 * ow];
-                           const scalar_t* cell[4] = {t, t + w.OW, t + 2 * w.OW, t + 3 * w.OW};
-                           scalar_t* gcell[4] = {t + 4 * w.OW, t + 5 * w.OW, t + 6 * w.OW, t + 7 * w.OW};
-                           k.pool_backward(cell, gop + o0, outp + o0, gcell, w.OW);
-                           for (int k4 = 0; k4 < 4; ++k4)
-                             for (int64_t ow = 0; ow < w.OW; ++ow) gp[i0 + corner[k4] + 2 * ow] = gcell[k4][ow];
-                         }
-                       });
-    }
+    for_output_rows(N, C, H, W, 4 * OW * C, [&](int64_t xi, int64_t oi) {
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const int64_t i = xi + 2 * ow * C, o = oi + ow * C;
+        const scalar_t* cell[4] = {xp + i, xp + i + C, xp + i + W * C, xp + i + W * C + C};
+        scalar_t* gcell[4] = {gp + i, gp + i + C, gp + i + W * C, gp + i + W * C + C};
+        k.pool_backward(cell, gop + o, outp + o, gcell, C);
+      }
+    });
   });
-  return gx;
+  return gx.contiguous(result_format(x_in));
 }
 
 }  // namespace

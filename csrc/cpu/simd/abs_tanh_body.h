@@ -85,36 +85,25 @@ void pool_backward(const T* const* x, const T* go, const T* out, T* const* g, in
     vec xs[4];
     for (int k = 0; k < 4; ++k) xs[k] = vload<T>(x[k] + i);
     vec best = vabs(xs[0]), picked = xs[0];
-    auto arg = best != best;  // all false; the type of a comparison mask
-    auto is1 = arg, is2 = arg, is3 = arg;
-    {
-      const vec v = vabs(xs[1]);
-      is1 = pool_takes(v, best);
-      best = is1 ? v : best;
-      picked = is1 ? xs[1] : picked;
-    }
-    {
-      const vec v = vabs(xs[2]);
-      is2 = pool_takes(v, best);
-      best = is2 ? v : best;
-      picked = is2 ? xs[2] : picked;
-    }
-    {
-      const vec v = vabs(xs[3]);
-      is3 = pool_takes(v, best);
-      picked = is3 ? xs[3] : picked;
+    // won[k]: the lanes where input k is the argmax so far; a later input that takes a lane takes it from all.
+    using mask = decltype(best != best);
+    const mask none = (best != best) & (best == best);  // all false
+    mask won[4] = {~none, none, none, none};
+    for (int k = 1; k < 4; ++k) {
+      const vec v = vabs(xs[k]);
+      const auto takes = pool_takes(v, best);
+      best = takes ? v : best;
+      picked = takes ? xs[k] : picked;
+      for (int j = 0; j < k; ++j) won[j] &= ~takes;
+      won[k] = takes;
     }
     const vec o = vload<T>(out + i);
     const vec zero{};
     const vec sgn = picked > zero ? zero + T(1) : (picked < zero ? zero - T(1) : zero);
     const vec gv = vload<T>(go + i) * sgn * (T(1) - o * o);
-    // the winner is the last k whose "takes" held
-    const auto w3 = is3, w2 = is2 & ~is3, w1 = is1 & ~is2 & ~is3, w0 = ~(is1 | is2 | is3);
-    // the others get 0, or NaN where x is NaN (0 * d|tanh|/dx at NaN, as abs_tanh's backward after the pooling's)
-    vstore<T>(g[0] + i, w0 ? gv : (xs[0] != xs[0] ? xs[0] : zero));
-    vstore<T>(g[1] + i, w1 ? gv : (xs[1] != xs[1] ? xs[1] : zero));
-    vstore<T>(g[2] + i, w2 ? gv : (xs[2] != xs[2] ? xs[2] : zero));
-    vstore<T>(g[3] + i, w3 ? gv : (xs[3] != xs[3] ? xs[3] : zero));
+    // the argmax gets gv; the others 0, or NaN where x is NaN (0 * d|tanh|/dx at NaN, as abs_tanh's backward
+    // after the pooling's)
+    for (int k = 0; k < 4; ++k) vstore<T>(g[k] + i, won[k] ? gv : (xs[k] != xs[k] ? xs[k] : zero));
   }
 #endif
   for (; i < n; ++i) {
