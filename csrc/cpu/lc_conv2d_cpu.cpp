@@ -213,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lc_conv2d_backward_cpu(const at::
       // every weight once rather than once per thread, but measured no faster at N = 64 (the weights come from L3).
       at::parallel_for(0, s.N, grain_for(s.L() * s.K() * s.C_out), [&](int64_t n0, int64_t n1) {
         std::vector<scalar_t> scratch(static_cast<size_t>(s.K() * s.C_out));
-        k.backward_input(g, gop, wp, gip, n0, n1, 0, s.L(), scratch.data());
+        k.backward_input(g, gop, wp, gip, n0, n1, scratch.data());
       });
       // [N, C_in, H, W] with channels-last strides: a view of the buffer when unpadded, else the inner part.
       gi = gi_cl.permute({0, 3, 1, 2}).narrow(2, s.pH, s.H).narrow(3, s.pW, s.W);

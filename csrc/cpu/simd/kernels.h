@@ -45,13 +45,11 @@ struct LcKernels {
   // in_off[order[j]].
   void (*backward_weight)(const LcGeom& g, const T* in, const T* go, T* gw, T* gb, int64_t l0, int64_t l1,
                           const int64_t* order, const int64_t* order_off);
-  // For faces [n0, n1) and locations [l0, l1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] +=
-  // sum_co go[n, l, co] * w[l, ci, kh, kw, co]. w: the forward's [L, K, C_out] weights; each location's are
-  // transposed to [C_out, kH, kW, C_in] into scratch (K * C_out elements, the calling thread's own) while they are
-  // in cache. gi: channels-last [N, H, W, C_in], zeroed by the caller; the windows of neighbouring locations
-  // overlap, so threads that split the locations need grad_input buffers of their own.
-  void (*backward_input)(const LcGeom& g, const T* go, const T* w, T* gi, int64_t n0, int64_t n1, int64_t l0,
-                         int64_t l1, T* scratch);
+  // For faces [n0, n1): gi[n, gi_base(l) + gi_off[kh*kW+kw] + ci] += sum_co go[n, l, co] * w[l, ci, kh, kw, co]
+  // over every l. w: the forward's [L, K, C_out] weights; each location's are transposed to [C_out, kH, kW, C_in]
+  // into scratch (K * C_out elements, the calling thread's own) while they are in cache. gi: channels-last
+  // [N, H, W, C_in], zeroed by the caller.
+  void (*backward_input)(const LcGeom& g, const T* go, const T* w, T* gi, int64_t n0, int64_t n1, T* scratch);
   // forward with the weights stored as IEEE binary16 bits (same layout as w): each weight is widened to T on load
   // and the sums stay in T. Null where T is not float (float16 weights go with float32 activations only).
   void (*forward_half_weight)(const LcGeom& g, const T* in, const uint16_t* w, const T* bias, T* out, int64_t l0,

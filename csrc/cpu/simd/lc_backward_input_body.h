@@ -136,7 +136,7 @@ void lc_transpose_taps(const T* a, T* b, int64_t Ci, int64_t Tn, int64_t Co) {
 
 template <typename T>
 void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* w, T* gi, int64_t n0, int64_t n1,
-                       int64_t l0, int64_t l1, T* wt_l) {
+                       T* wt_l) {
   constexpr int W = VT<T>::W;
   const int64_t K = g.K(), C = g.C_out, L = g.L();
   const int64_t k_full = (K / W) * W;
@@ -144,7 +144,7 @@ void lc_backward_input(const tcdcn::cpu::LcGeom& g, const T* go, const T* w, T* 
   const int64_t gi_stride = g.C_in * g.H * g.W;
   // Locations outer: each location's weights are read from memory and transposed once per call, then serve every
   // face of [n0, n1) from L1 (its go rows and grad_input windows are small next to them).
-  for (int64_t l = l0; l < l1; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     lc_transpose_taps<T>(w + l * K * C, wt_l, g.C_in, g.kH * g.kW, C);
     const T* wtl = wt_l;
     const T* go_l = go + l * C;
