@@ -26,7 +26,9 @@ Operators (schemas in ``csrc/tcdcn_ext.cpp``; CPU kernels in ``csrc/cpu``, CUDA 
     ``max_pool2d(abs_tanh(x), 2)`` (kernel 2, stride 2, floor mode) in one pass, with a gradient: the trainable form
     of a pooled layer's activation (the training path of :class:`~tcdcn_ext.models.TCDCN` on the CPU). One tanh per
     output (|tanh| increases with |x|: a cell's value is ``tanh(max |x|)``); the backward reads ``x`` and the
-    output and sends each cell's gradient to its first maximum of ``|x|``, as ``max_pool2d`` does. Channels-last
+    output and sends each cell's gradient to its first maximum of ``|x|`` (``max_pool2d``'s rule on ``|x|``; where
+    two inputs' ``|tanh|`` round to the same float, ``max_pool2d(abs_tanh(x))`` would pick the first of them, this
+    op the larger ``|x|``; ``tcdcn_ext._reference.abs_tanh_maxpool2d`` does the same). Channels-last
     ``x`` (``lc_conv2d``'s output) gives channels-last output and gradient.
 
 ``lc_conv2d_abs_tanh(...)``
@@ -689,10 +691,10 @@ def _pool_backward_cuda(grad_output: Tensor, x: Tensor, out: Tensor) -> Tensor:
     _check_pool_input(x, "_abs_tanh_maxpool2d_backward")
     fmt = _pool_walk_format(x)
     xx = x.contiguous(memory_format=fmt)
-    t = _ops.abs_tanh(xx)
-    _, idx = torch.nn.functional.max_pool2d(t, 2, return_indices=True)
-    gt = torch.ops.aten.max_pool2d_with_indices_backward(grad_output.contiguous(memory_format=fmt), t, [2, 2],
-                                                         [2, 2], [0, 0], [1, 1], False, idx)
+    magnitude = xx.abs()  # the argmax of |x|, as the CPU kernels pick it
+    _, idx = torch.nn.functional.max_pool2d(magnitude, 2, return_indices=True)
+    gt = torch.ops.aten.max_pool2d_with_indices_backward(grad_output.contiguous(memory_format=fmt), magnitude,
+                                                         [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
     return _ops._abs_tanh_backward(gt.contiguous(memory_format=fmt), xx).contiguous(memory_format=fmt)
 
 

@@ -53,8 +53,11 @@ def abs_tanh(x: Tensor) -> Tensor:
 
 
 def abs_tanh_maxpool2d(x: Tensor) -> Tensor:
-    """``max_pool2d(|tanh(x)|, 2)`` (kernel 2, stride 2, floor mode)."""
-    return F.max_pool2d(abs_tanh(x), 2)
+    """``max_pool2d(|tanh(x)|, 2)`` (kernel 2, stride 2, floor mode), each cell's value taken at its first maximum
+    of ``|x|`` (max_pool2d's rule, NaN included, applied to ``|x|``): the same values, and the gradient goes where
+    the op sends it also when two inputs' ``|tanh|`` round to the same float (``|tanh|`` increases with ``|x|``)."""
+    _, idx = F.max_pool2d(x.detach().abs(), 2, return_indices=True)
+    return abs_tanh(x).flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
 
 
 def lc_conv2d_abs_tanh(
