@@ -47,6 +47,12 @@ def _dequantized(w: torch.Tensor) -> torch.Tensor:
 def reference_forward(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
     """The model's landmarks computed with the reference ops only (with int8 inference weights: from the float32
     weights the int8 ones stand for)."""
+    return model.landmark_head(reference_features(model, x)).view(-1, model.num_points, 2)
+
+
+def reference_features(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
+    """The shared feature through the reference ops only (autograd reaches the parameters; int8 inference weights:
+    the float32 weights they stand for)."""
     int8 = model.inference_weights == "int8"
     h = x
     for layer in model.conv:
@@ -57,8 +63,7 @@ def reference_forward(model: TCDCN, x: torch.Tensor) -> torch.Tensor:
             h = ref.abs_tanh(h)
         else:
             h = layer(h)
-    f = ref.abs_tanh(F.linear(h.flatten(1), model.fc.weight, model.fc.bias))
-    return model.landmark_head(f).view(-1, model.num_points, 2)
+    return ref.abs_tanh(F.linear(h.flatten(1), model.fc.weight, model.fc.bias))
 
 
 @pytest.fixture

@@ -21,12 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import torch.nn.functional as F
+from bench_model import reference_features
 
-from tcdcn_ext import _reference as ref
 from tcdcn_ext.models import TCDCN
-from tcdcn_ext.nn import AbsTanh, LocallyConnected2d
 from tcdcn_ext.train import TrainConfig, train
 from tcdcn_ext.training.train import clip_gradients
 
@@ -60,15 +58,7 @@ def test_one_epoch(benchmark, tmp_path):
 
 def _reference_outputs(model: TCDCN, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The training forward through the reference ops only (same parameters, so autograd reaches them)."""
-    h = x
-    for layer in model.conv:
-        if isinstance(layer, LocallyConnected2d):
-            h = ref.lc_conv2d(h, layer.weight, layer.bias, layer.stride, layer.padding)
-        elif isinstance(layer, AbsTanh):
-            h = ref.abs_tanh(h)
-        else:
-            h = layer(h)
-    f = ref.abs_tanh(F.linear(h.flatten(1), model.fc.weight, model.fc.bias))
+    f = reference_features(model, x)
     return {"landmarks": model.landmark_head(f).view(-1, model.num_points, 2),
             **{t: head(f) for t, head in model.aux_heads.items()}}
 
